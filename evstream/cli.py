@@ -1,0 +1,122 @@
+"""The `evstream` command.
+
+Each subcommand lives in `evstream/commands/<name>.py` with four names:
+`HELP` (one line), `EXAMPLES` (text shown by --help), `configure(parser)` and `main(args) -> int`.
+A subcommand whose module does not exist yet still shows its help and says plainly that it is not
+built (exit 2).
+
+User errors (`EvstreamError`, bad flag values) print one line on stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from evstream import __version__
+from evstream.errors import EvstreamError, NotBuiltError
+
+# name -> (one-line help, examples) for every subcommand, built or not.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("live camera -> student -> overlay window",
+            "  evstream run --camera davis346\n"
+            "  evstream run --camera any --serial DAVIS346_00000104 --window-ms 33\n"
+            "  evstream run --camera davis346 --record out.aedat4 --json"),
+    "replay": ("replay a recording through the pipeline (same as run, from a file)",
+               "  evstream replay file.aedat4\n"
+               "  evstream replay file.aedat4 --speed max --no-model --lossless --json\n"
+               "  evstream replay file.raw --speed 0.5 --loop --start 1.0 --end 3.0"),
+    "record": ("record any source (camera, network, file, synthetic) to .aedat4",
+               "  evstream record out.aedat4 --camera davis346 --duration 10\n"
+               "  evstream record out.aedat4 --source tcp://127.0.0.1:7777\n"
+               "  evstream record out.aedat4 --source in.raw          # convert a file"),
+    "info": ("describe a recording: camera, resolution, streams, counts, rates, anomalies",
+             "  evstream info file.aedat4\n"
+             "  evstream info file.raw --json\n"
+             "  evstream info N-MNIST/00001.bin --width 34 --height 34"),
+    "view": ("open the overlay viewer on a running worker's endpoint",
+             "  evstream view tcp://192.168.1.20:5560"),
+    "train": ("EvDistill training: teacher on images, distilled event student",
+              "  evstream train --preset tiny --data data/seg --out runs/tiny"),
+    "eval": ("evaluate a checkpoint or shipped model on a dataset split",
+             "  evstream eval models/student --data data/seg --split test --json"),
+    "export": ("export a student (state dict + config, TorchScript, ONNX) for the worker",
+               "  evstream export runs/tiny/student.pt --out student_export"),
+    "synth": ("generate labelled synthetic event datasets (segmentation / classification)",
+              "  evstream synth seg data/seg --sequences 8 --seconds 10 --seed 1"),
+    "bench": ("run the benchmarks under tools/bench and print their tables",
+              "  evstream bench io --events 10000000"),
+    "demo": ("the `make demo` job: a replay of the built-in recording, headless, with a summary",
+             "  evstream demo\n  evstream demo --json"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"evstream.commands.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"evstream.commands.{name}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="evstream", description="Real-time streaming pipeline for event cameras.",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="examples:\n" + "\n".join(ex.splitlines()[0] for ex in
+                                                 (v[1] for v in COMMANDS.values())))
+    p.add_argument("--version", action="version", version=f"evstream {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_, examples) in COMMANDS.items():
+        mod = _load(name)
+        desc = help_ if mod is not None else f"{help_}\n\nNOT BUILT YET: this command comes in a later release."
+        sp = sub.add_parser(name, help=help_, description=desc,
+                            epilog="examples:\n" + examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if mod is not None:
+            mod.configure(sp)
+            sp.set_defaults(_main=mod.main)
+        else:
+            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            sp.set_defaults(_main=_not_built(name))
+    return p
+
+
+def _not_built(name: str):
+    def main(args) -> int:
+        raise NotBuiltError(f"`evstream {name}` is not built yet")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else
+                        logging.INFO if args.verbose else logging.WARNING,
+                        format="evstream: %(levelname)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except EvstreamError as e:
+        print(f"evstream {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `evstream info ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

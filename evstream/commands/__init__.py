@@ -1,0 +1,1 @@
+"""One module per `evstream` subcommand: HELP, EXAMPLES, configure(parser), main(args)."""

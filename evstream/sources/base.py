@@ -1,0 +1,180 @@
+"""The EventSource contract.
+
+A source is an iterable of `Packet`s (events + APS frames + IMU + triggers) with declared shape:
+
+- `width`, `height`: the sensor resolution events are checked against. Where a file does not say,
+  the reader takes it from an option or infers it from the data, and sets `resolution_note` to
+  say which (the CLI prints it).
+- `camera`: the camera name (e.g. "DAVIS346_00000104"), or a description of the file format.
+- `live`: True for cameras and network streams (infinite, cannot be rewound); False for files.
+- iterating the source (`for ev in src`) yields only event arrays in EVENT_DTYPE; `packets()`
+  yields everything. Either may yield empty arrays: a quiet sensor is not an error.
+
+Events leave a source sorted by time and inside the sensor. What happens to events that break
+that is the `bad_events` policy, checked here in one place for every reader:
+- "error": raise BadEventsError naming the source and where (default for files: a file with
+  time going backwards is something the user must hear about, not something we quietly fix);
+- "drop": drop them, count them in `stats`, log once (default for live sources, where stopping
+  the stream would lose more than the bad events).
+The check is vectorised and returns the input array untouched (no copy) when all is well.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, asdict
+from typing import Iterator
+
+import numpy as np
+
+from evstream.errors import BadEventsError
+from evstream.types import EVENT_DTYPE, Packet
+
+log = logging.getLogger(__name__)
+
+BAD_EVENT_POLICIES = ("error", "drop")
+
+
+@dataclass
+class SourceStats:
+    events: int = 0               # events delivered downstream
+    packets: int = 0
+    frames: int = 0
+    imu: int = 0
+    triggers: int = 0
+    dropped_out_of_order: int = 0  # events older than the newest delivered event
+    dropped_outside_sensor: int = 0
+    filtered: int = 0             # events removed by noise filters (see sources.filters)
+    lost: int = 0                 # events a transport reported lost before they reached us
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class EventSource(ABC):
+    width: int
+    height: int
+    camera: str = "unknown"
+    live: bool = False
+    resolution_note: str = ""     # non-empty when the resolution was inferred or given by a flag
+    name: str = ""                # what the user asked for (path or uri), for messages
+
+    def __init__(self, bad_events: str | None = None, filters=None):
+        if bad_events is None:
+            bad_events = "drop" if self.live else "error"
+        if bad_events not in BAD_EVENT_POLICIES:
+            raise ValueError(f"bad_events must be one of {BAD_EVENT_POLICIES}, not {bad_events!r}")
+        self.bad_events = bad_events
+        # Optional noise filters (evstream.sources.filters.FilterChain). Readers built on
+        # dv-processing apply them to dv EventStores via `dv_events()`, before conversion;
+        # for other readers `packets()` applies them to the numpy events.
+        self.filters = filters
+        self._filters_in_reader = False
+        self.stats = SourceStats()
+        self._last_t = np.iinfo(np.int64).min
+        self._warned = False
+
+    # -- what readers implement -------------------------------------------------------------
+    @abstractmethod
+    def _read(self) -> Iterator[Packet]:
+        """Yield raw packets in file/stream order. Events need not be checked here."""
+
+    def close(self) -> None:
+        """Release the underlying file/device/socket. Safe to call twice."""
+
+    # -- what users call -------------------------------------------------------------------
+    def packets(self) -> Iterator[Packet]:
+        for pkt in self._read():
+            pkt.events = self.check_events(pkt.events)
+            if self.filters is not None and not self._filters_in_reader and len(pkt.events):
+                n = len(pkt.events)
+                pkt.events = self.filters.apply_events(pkt.events)
+                self.stats.filtered += n - len(pkt.events)
+            st = self.stats
+            st.packets += 1
+            st.events += len(pkt.events)
+            st.frames += len(pkt.frames)
+            st.imu += len(pkt.imu)
+            st.triggers += len(pkt.triggers)
+            yield pkt
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for pkt in self.packets():
+            yield pkt.events
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def geometry(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def describe(self) -> dict:
+        return {"source": self.name, "camera": self.camera, "width": self.width,
+                "height": self.height, "live": self.live,
+                "resolution_note": self.resolution_note}
+
+    def dv_events(self, store) -> np.ndarray:
+        """dv.EventStore -> EVENT_DTYPE array, applying the noise filters on the store first."""
+        if self.filters is not None:
+            self._filters_in_reader = True
+            n = len(store)
+            store = self.filters.apply_store(store)
+            self.stats.filtered += n - len(store)
+        if len(store) == 0:
+            return np.zeros(0, EVENT_DTYPE)
+        return store.numpy().view(EVENT_DTYPE)
+
+    # -- the one place events are checked ----------------------------------------------------
+    def check_events(self, ev: np.ndarray) -> np.ndarray:
+        if ev.dtype != EVENT_DTYPE:
+            raise TypeError(f"{type(self).__name__} produced {ev.dtype}, not EVENT_DTYPE")
+        n = len(ev)
+        if n == 0:
+            return ev
+        t = ev["t"]
+        in_order = t[0] >= self._last_t and (n == 1 or bool(np.all(t[1:] >= t[:-1])))
+        inside = bool(ev["x"].max() < self.width) and bool(ev["y"].max() < self.height)
+        if in_order and inside:
+            self._last_t = int(t[-1])
+            return ev
+        return self._fix(ev, in_order, inside)
+
+    def _fix(self, ev: np.ndarray, in_order: bool, inside: bool) -> np.ndarray:
+        keep = np.ones(len(ev), dtype=bool)
+        if not inside:
+            outside = (ev["x"] >= self.width) | (ev["y"] >= self.height)
+            if self.bad_events == "error":
+                i = int(np.argmax(outside))
+                raise BadEventsError(
+                    f"{self.name}: event at t={int(ev['t'][i])} us has x={int(ev['x'][i])}, "
+                    f"y={int(ev['y'][i])}, outside the {self.width}x{self.height} sensor "
+                    f"({int(outside.sum())} such events in this packet; "
+                    f"use --bad-events drop or set the resolution)")
+            keep &= ~outside
+            self.stats.dropped_outside_sensor += int(outside.sum())
+        if not in_order:
+            # an event is out of order when it is older than every event delivered before it
+            running = np.maximum.accumulate(np.concatenate(([self._last_t], ev["t"])))[:-1]
+            late = ev["t"] < running
+            if self.bad_events == "error":
+                i = int(np.argmax(late))
+                raise BadEventsError(
+                    f"{self.name}: time goes backwards at event t={int(ev['t'][i])} us, after "
+                    f"t={int(running[i])} us ({int(late.sum())} late events in this packet; "
+                    f"use --bad-events drop to drop them)")
+            self.stats.dropped_out_of_order += int((late & keep).sum())
+            keep &= ~late
+        if not self._warned:
+            log.warning("%s: dropping events outside the sensor or out of time order "
+                        "(counted in the summary)", self.name)
+            self._warned = True
+        out = ev[keep]
+        if len(out):
+            self._last_t = max(self._last_t, int(out["t"][-1]))
+        return out

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real recordings in ../shared/realdata and synthetic events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evstream.types import EVENT_DTYPE
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """Path to ../shared/realdata; tests that need it skip with a reason where it is absent."""
+    if not (REALDATA / "MANIFEST.md").exists():
+        pytest.skip(f"real recordings not found at {REALDATA} (../shared beside the checkout)")
+    return REALDATA
+
+
+def random_events(n: int, width: int = 346, height: int = 260, t0: int = 0,
+                  duration_us: int = 50_000, seed: int = 0) -> np.ndarray:
+    """Sorted random events in EVENT_DTYPE (the one synthetic-events helper for tests)."""
+    rng = np.random.default_rng(seed)
+    ev = np.empty(n, dtype=EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(t0, t0 + duration_us, n))
+    ev["x"] = rng.integers(0, width, n)
+    ev["y"] = rng.integers(0, height, n)
+    ev["p"] = rng.integers(0, 2, n)
+    return ev
+
+
+@pytest.fixture
+def events_factory():
+    return random_events

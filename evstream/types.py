@@ -76,3 +76,20 @@ class Geometry:
 
 def seconds_to_us(s: float) -> int:
     return int(round(s * 1_000_000))
+
+
+def concat_events(batches) -> np.ndarray:
+    """Concatenate event arrays into one EVENT_DTYPE array.
+
+    numpy 2.x's `np.concatenate` of arrays with a padded structured dtype returns a packed
+    13-byte dtype, not EVENT_DTYPE; copying into a preallocated array keeps the layout (and
+    zeroes the padding bytes, so byte-wise comparisons hold).
+    """
+    batches = [b for b in batches if len(b)]
+    out = np.zeros(sum(len(b) for b in batches), dtype=EVENT_DTYPE)
+    i = 0
+    for b in batches:
+        for name in ("t", "x", "y", "p"):
+            out[name][i:i + len(b)] = b[name]
+        i += len(b)
+    return out

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, asdict
 from typing import Iterator
 
+import numba
 import numpy as np
 
 from evstream.errors import BadEventsError
@@ -50,6 +51,28 @@ class SourceStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_bad_kernel(t, x, y, last_t, width, height):
+    bad_order = -1
+    bad_xy = -1
+    prev = last_t
+    for i in range(t.shape[0]):
+        if bad_order < 0 and t[i] < prev:
+            bad_order = i
+        prev = t[i]
+        if bad_xy < 0 and (x[i] >= width or y[i] >= height):
+            bad_xy = i
+        if bad_order >= 0 and bad_xy >= 0:
+            break
+    return bad_order, bad_xy
+
+
+def _first_bad(ev: np.ndarray, last_t: int, width: int, height: int) -> tuple[int, int]:
+    """One pass over the events: index of the first event out of time order and of the first
+    outside the sensor (-1 when none). Field views of the structured array, no copies."""
+    return _first_bad_kernel(ev["t"], ev["x"], ev["y"], np.int64(last_t), int(width), int(height))
 
 
 class EventSource(ABC):
@@ -85,6 +108,7 @@ class EventSource(ABC):
 
     # -- what users call -------------------------------------------------------------------
     def packets(self) -> Iterator[Packet]:
+        self._last_t = np.iinfo(np.int64).min      # a new pass over the source
         for pkt in self._read():
             pkt.events = self.check_events(pkt.events)
             if self.filters is not None and not self._filters_in_reader and len(pkt.events):
@@ -137,13 +161,11 @@ class EventSource(ABC):
         n = len(ev)
         if n == 0:
             return ev
-        t = ev["t"]
-        in_order = t[0] >= self._last_t and (n == 1 or bool(np.all(t[1:] >= t[:-1])))
-        inside = bool(ev["x"].max() < self.width) and bool(ev["y"].max() < self.height)
-        if in_order and inside:
-            self._last_t = int(t[-1])
+        bad_order, bad_xy = _first_bad(ev, self._last_t, self.width, self.height)
+        if bad_order < 0 and bad_xy < 0:
+            self._last_t = int(ev["t"][-1])
             return ev
-        return self._fix(ev, in_order, inside)
+        return self._fix(ev, bad_order < 0, bad_xy < 0)
 
     def _fix(self, ev: np.ndarray, in_order: bool, inside: bool) -> np.ndarray:
         keep = np.ones(len(ev), dtype=bool)

@@ -1,0 +1,224 @@
+"""`evstream record OUT.aedat4 [SOURCE | --camera MODEL]`: any source into an AEDAT 4.0 file.
+
+- Records events plus the frames, IMU samples and triggers the source has. Which side streams
+  the file gets: the source's declared `streams` where it has them (.aedat4 files); otherwise
+  the side streams seen in the first packets (PEEK_PACKETS packets or PEEK_US of source time),
+  and all three for a live source that says nothing.
+- Stops at the end of a finite source, after --duration S of source time (events with
+  t < first + S), after --max-events N (exactly N), on Ctrl-C or SIGTERM. The first signal
+  finishes the packet in hand and closes the file; a second one interrupts a source that is
+  blocked waiting for data. Either way the file is finalised and the exit code is 0.
+- The file is written atomically (see sources.writer): an error leaves neither OUT nor a temp
+  file. Errors are one line, exit 2. OUT must end in .aedat4 and must not be the input.
+- A tqdm progress bar goes to stderr when it is a terminal; `--json` prints one summary object
+  (events, frames, imu, triggers, t_start_us, t_end_us, bytes, wall_s, ...) on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from evstream.commands.common import add_source_args, open_from_args, source_spec
+from evstream.errors import EvstreamError
+from evstream.types import Packet
+
+HELP = "record any source (camera, network, file, synthetic) to .aedat4"
+EXAMPLES = """  evstream record out.aedat4 --camera davis346 --duration 10
+  evstream record out.aedat4 tcp://127.0.0.1:7777 --max-events 5000000
+  evstream record out.aedat4 in.raw --json          # convert a file"""
+
+PEEK_PACKETS = 64
+PEEK_US = 500_000
+SIDE = ("frames", "imu", "triggers")
+
+
+def configure(p) -> None:
+    p.add_argument("out", metavar="OUT.aedat4", help="the recording to write")
+    add_source_args(p)
+    p.add_argument("--source", dest="source_flag", metavar="SOURCE",
+                   help="the source, as an option (same as the positional SOURCE)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="stop after S seconds of source time")
+    p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+
+
+class _Stop:
+    """SIGINT/SIGTERM: the first one asks the loop to stop; a second raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:   # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _check_paths(out: str, spec: str) -> None:
+    if not out.lower().endswith(".aedat4"):
+        raise EvstreamError(f"{out}: the output must end in .aedat4")
+    if os.path.exists(spec) and os.path.exists(out) and os.path.samefile(spec, out):
+        raise EvstreamError(f"{out}: is the input; record into another file")
+
+
+def _declared_streams(src) -> set[str] | None:
+    streams = getattr(src, "streams", None)
+    if streams is not None:
+        return set(streams) & set(SIDE)
+    if src.live:
+        return set(SIDE)
+    return None
+
+
+def _peek(packets, declared):
+    """-> (packets read ahead, side streams to declare)."""
+    ahead = []
+    if declared is not None:
+        return ahead, declared
+    seen, t0 = set(), None
+    for pkt in packets:
+        ahead.append(pkt)
+        seen |= {k for k in SIDE if len(getattr(pkt, k))}
+        if len(pkt.events):
+            t0 = int(pkt.events["t"][0]) if t0 is None else t0
+            if int(pkt.events["t"][-1]) - t0 >= PEEK_US:
+                break
+        if len(ahead) >= PEEK_PACKETS:
+            break
+    return ahead, seen
+
+
+def _cut(pkt: Packet, t_limit: int | None, n_left: int | None) -> tuple[Packet, bool]:
+    """Trim pkt to events with t < t_limit and to at most n_left events, and its frames, IMU
+    and triggers to the same time span; -> (packet, a limit was reached)."""
+    ev = pkt.events
+    keep, t_side = len(ev), None
+    if t_limit is not None and len(ev) and int(ev["t"][-1]) >= t_limit:
+        keep, t_side = int(np.searchsorted(ev["t"], t_limit, "left")), t_limit
+    if n_left is not None and keep >= n_left:
+        keep = n_left
+        t_end = int(ev["t"][keep - 1]) + 1 if keep else None
+        t_side = t_end if t_side is None or t_end is None else min(t_side, t_end)
+    elif t_side is None:
+        return pkt, False
+    if t_side is None:
+        return Packet(ev[:keep], pkt.frames, pkt.imu, pkt.triggers), True
+    return Packet(ev[:keep], [f for f in pkt.frames if f.t_us < t_side],
+                  pkt.imu[pkt.imu["t"] < t_side], pkt.triggers[pkt.triggers["t"] < t_side]), True
+
+
+def record(src, out: str, *, duration_s: float | None = None, max_events: int | None = None,
+           progress: bool = False, stop: _Stop | None = None) -> dict:
+    """Copy src into out (.aedat4); returns the summary dict. See the module doc."""
+    from evstream.sources.writer import Aedat4Writer
+
+    t_wall = time.perf_counter()
+    if hasattr(src, "share_dv_stores"):
+        src.share_dv_stores = True
+    packets = src.packets()
+    ahead, side = _peek(packets, _declared_streams(src))
+    frame_size = getattr(src, "frame_size", None)
+    writer = Aedat4Writer(out, width=src.width, height=src.height, camera=src.camera or "unknown",
+                          frames="frames" in side, imu="imu" in side,
+                          triggers="triggers" in side, frame_size=frame_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="ev", unit_scale=True, desc=os.path.basename(out), file=sys.stderr)
+    interrupted = False
+    t_limit = None
+    with writer:
+        try:
+            def stream():
+                yield from ahead
+                yield from packets
+
+            for pkt in stream():
+                if t_limit is None and duration_s is not None and len(pkt.events):
+                    t_limit = int(pkt.events["t"][0]) + int(round(duration_s * 1e6))
+                n_left = None if max_events is None else max_events - writer.counts["events"]
+                pkt, done = _cut(pkt, t_limit, n_left)
+                writer.write(pkt)
+                if bar is not None:
+                    bar.update(len(pkt.events))
+                if done:
+                    break
+                if stop is not None and stop.requested:
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+    return {
+        "out": out,
+        "source": src.name,
+        "camera": writer.camera,
+        "width": writer.width,
+        "height": writer.height,
+        "events": writer.counts["events"],
+        "frames": writer.counts["frames"],
+        "imu": writer.counts["imu"],
+        "triggers": writer.counts["triggers"],
+        "t_start_us": writer.t_first_us,
+        "t_end_us": writer.t_last_us,
+        "bytes": writer.bytes,
+        "wall_s": round(time.perf_counter() - t_wall, 6),
+        "interrupted": interrupted or bool(stop and stop.requested),
+        "dropped_out_of_order": src.stats.dropped_out_of_order,
+        "dropped_outside_sensor": src.stats.dropped_outside_sensor,
+    }
+
+
+def main(args) -> int:
+    if args.source_flag:
+        if args.source or args.camera:
+            raise EvstreamError("give the source once: positional SOURCE, --source or --camera")
+        args.source = args.source_flag
+    spec = source_spec(args)
+    out = args.out
+    _check_paths(out, spec)
+    if args.duration is not None and not args.duration > 0:
+        raise EvstreamError(f"--duration must be > 0 seconds, not {args.duration}")
+    if args.max_events is not None and args.max_events <= 0:
+        raise EvstreamError(f"--max-events must be > 0, not {args.max_events}")
+    with _Stop() as stop:
+        src = open_from_args(args, spec)
+        try:
+            summary = record(src, out, duration_s=args.duration, max_events=args.max_events,
+                             progress=sys.stderr.isatty(), stop=stop)
+        finally:
+            src.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        span = "" if summary["t_start_us"] is None else \
+            f", {(summary['t_end_us'] - summary['t_start_us']) / 1e6:.3f} s of events"
+        print(f"wrote {out}: {summary['events']:,} events, {summary['frames']} frames, "
+              f"{summary['imu']} IMU samples, {summary['triggers']} triggers{span}, "
+              f"{summary['bytes']:,} bytes in {summary['wall_s']:.2f} s"
+              + (" (stopped by signal)" if summary["interrupted"] else ""))
+    return 0

@@ -1,0 +1,54 @@
+"""Stage configurations: frozen dataclasses, one per stage, printed and dumped as plain dicts.
+
+A stage process receives its config and endpoint URLs and nothing else, so every field here must
+pickle cleanly across the `spawn` start method (plain values only: no sockets, no dv objects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    spec: str                                   # path, tcp://..., camera:MODEL, synthetic:...
+    options: dict = field(default_factory=dict)  # CLI-level source options (see commands.common)
+    speed: float | None = 1.0                   # replay speed factor; None = as fast as possible
+    loop: bool = False
+    start_s: float | None = None
+    end_s: float | None = None
+    ring_capacity_events: int = 1 << 22         # 4 Mi events = 64 MiB of shared memory
+    ring_name: str = ""                         # filled in by the launcher
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    mode: str = "time"                          # "time" | "count"
+    window_us: int = 50_000
+    stride_us: int | None = None                # None: back-to-back windows
+    count: int = 100_000
+    stride_count: int | None = None
+    representation: str = "voxel"               # a name from evstream.represent's registry
+    num_bins: int = 5                           # voxel bins (ignored by 2-channel representations)
+    normalize: bool = False
+    tau_us: float = 50_000.0                    # time-surface decay constant
+    deadline_ms: float = 10.0                   # sparse scenes: emit a window this long after its
+                                                # end in (estimated) source time even if no later
+                                                # event has arrived; 0 disables
+    width: int = 0                              # sensor size, from the source's ready message
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    source: SourceConfig
+    window: WindowConfig = field(default_factory=WindowConfig)
+    lossless: bool = False                      # False: live (newest window wins, drops counted)
+    consumer: str = "sink"                      # "sink" (no model) | "worker" (later issues)
+    telemetry_interval_s: float = 2.0           # periodic one-line status on stderr; 0 = quiet
+    stream_id: str = "cam0"
+    dump_windows: str = ""                      # sink: write every received window to this .npz
+    slow_consumer_ms: float = 0.0               # sink: pretend each window takes this long (tests)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

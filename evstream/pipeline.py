@@ -1,0 +1,225 @@
+r"""The launcher: binds endpoints, creates the ring, starts the stage processes, watches them,
+and shuts everything down.
+
+    source process --(shm event ring)--> window process --(zmq windows)--> consumer process
+          \________________ control channel (zmq ROUTER, evstream.stream.control) _________/
+
+Lifecycle:
+1. create the ring (this process owns it and unlinks it on every exit path) and a private ipc
+   directory for the endpoints; bind the control socket;
+2. start the stages (`spawn`), with SIGINT ignored while they start so that Ctrl-C is handled
+   here only;
+3. wait for every `ready` (a stage that fails first is reported instead), then send `start`
+   with the sensor geometry the source announced;
+4. relay telemetry (a one-line status every `telemetry_interval_s` on stderr), until every stage
+   reports `done`; a stage error or a stage that dies without a word stops the others;
+5. on Ctrl-C / SIGTERM send `stop`; whatever has not exited a second later is terminated, then
+   killed. The ring is unlinked and the ipc directory removed in all cases.
+
+`run_pipeline` returns a `PipelineResult` (summary dict + exit code); it raises nothing for stage
+failures, so the CLI decides how to print them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from evstream.config import PipelineConfig
+from evstream.stream.control import LauncherLink
+from evstream.stream.telemetry import format_line, merge_latency
+
+STOP_GRACE_S = 1.0
+
+
+@dataclass
+class PipelineResult:
+    exit_code: int = 0
+    summary: dict = field(default_factory=dict)
+    error: str = ""             # one line for user errors, a traceback for crashes
+    error_stage: str = ""
+    user_error: bool = False
+
+
+class _Terminate(Exception):
+    """SIGTERM, turned into an orderly stop."""
+
+
+def _stages(cfg: PipelineConfig):
+    from evstream.sources.stage import source_stage
+    from evstream.stream.sink import sink_stage
+    from evstream.stream.window_stage import window_stage
+
+    consumers = {"sink": sink_stage}
+    if cfg.consumer not in consumers:
+        raise ValueError(f"unknown consumer {cfg.consumer!r}")
+    return {"source": source_stage, "window": window_stage, "sink": consumers[cfg.consumer]}
+
+
+def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineResult:
+    """Run the pipeline to the end of the source (or Ctrl-C). `status(line)` gets periodic lines;
+    `on_started({stage: pid})` is called once every stage process runs (tests use it to kill
+    one)."""
+    from evstream.stream.ring import EventRing
+
+    status = status or (lambda line: print(line, file=sys.stderr, flush=True))
+    ctx = mp.get_context("spawn")
+    tmpdir = tempfile.mkdtemp(prefix="evstream-")
+    ring = EventRing.create(cfg.source.ring_capacity_events)
+    cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, ring_name=ring.name))
+    endpoints = {"control": f"ipc://{tmpdir}/control", "windows": f"ipc://{tmpdir}/windows"}
+    link = LauncherLink(endpoints["control"])
+    procs: dict[str, mp.Process] = {}
+    result = PipelineResult()
+    state = _State()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminate)
+    t_start = time.monotonic()
+    try:
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited by the children
+        try:
+            for name, fn in _stages(cfg).items():
+                procs[name] = ctx.Process(target=fn, args=(cfg, endpoints), name=f"evstream-{name}")
+                procs[name].start()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+        t_start = time.monotonic()
+        if on_started is not None:
+            on_started({name: p.pid for name, p in procs.items()})
+        _supervise(cfg, link, procs, result, status, state)
+    except (KeyboardInterrupt, _Terminate):
+        result.summary["interrupted"] = True
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        try:
+            _finish(link, procs, state, result)
+        except (KeyboardInterrupt, _Terminate):   # a second Ctrl-C: no more waiting
+            pass
+        _stop_all(link, procs)
+        link.close()
+        ring.close()
+        ring.unlink()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    result.summary["wall_s"] = round(time.monotonic() - t_start, 3)
+    return result
+
+
+def _raise_terminate(signum, frame):
+    raise _Terminate
+
+
+@dataclass
+class _State:
+    ready: dict = field(default_factory=dict)     # stage -> info it announced
+    done: set = field(default_factory=set)
+    final: dict = field(default_factory=dict)     # stage -> final telemetry snapshot
+    latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
+
+
+def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> None:
+    kind = msg.get("kind")
+    if kind == "ready":
+        state.ready[stage] = msg.get("info", {})
+    elif kind == "telemetry":
+        state.latest[stage] = msg["snapshot"]
+        if msg.get("final"):
+            state.final[stage] = msg["snapshot"]
+    elif kind == "done":
+        state.done.add(stage)
+    elif kind == "error" and not result.exit_code:
+        result.error_stage = stage
+        result.user_error = bool(msg.get("user"))
+        result.error = msg["message"] if result.user_error else msg.get("traceback", "")
+        result.exit_code = 2 if result.user_error else 1
+
+
+def _supervise(cfg, link, procs, result, status, state: _State) -> None:
+    started = False
+    interval = cfg.telemetry_interval_s
+    next_line = time.monotonic() + interval if interval else float("inf")
+    while len(state.done) < len(procs) and not result.exit_code:
+        got = link.recv(0.05)
+        if got is not None:
+            _handle(state, result, *got)
+        if not started and len(state.ready) == len(procs):
+            result.summary["source"] = state.ready["source"]
+            for name in procs:
+                link.send(name, "start", info=state.ready["source"])
+            started = True
+        # a stage that died without a word (killed, segfault), or crashed while exiting
+        for name, p in procs.items():
+            if p.exitcode is not None and p.exitcode != 0 and not result.exit_code:
+                got = link.recv(0.1)            # its last words may still be in flight
+                while got is not None and not result.exit_code:
+                    _handle(state, result, *got)
+                    got = link.recv(0) if not result.exit_code else None
+                if not result.exit_code:
+                    result.error_stage = name
+                    result.error = f"stage {name!r} died (exit code {p.exitcode})"
+                    result.exit_code = 1
+        if time.monotonic() >= next_line and state.latest:
+            status(format_line(state.latest))
+            next_line = time.monotonic() + interval
+
+
+def _finish(link, procs, state: _State, result: PipelineResult) -> None:
+    """Stop what still runs, collect the final telemetry in flight, and summarise."""
+    for name, p in procs.items():
+        if p.is_alive() and name not in state.done:
+            link.send(name, "stop")
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and (
+            len(state.final) < len(procs) or any(p.is_alive() for p in procs.values())):
+        got = link.recv(0.02)
+        if got is not None:
+            _handle(state, result, *got)
+    result.summary["final"] = state.final
+    result.summary.update(_summarise(state.final or state.latest, result.summary.get("source", {})))
+
+
+def _stop_all(link, procs) -> None:
+    for name, p in procs.items():
+        if p.is_alive():
+            link.send(name, "stop")
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs.values():
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs.values():
+        if p.is_alive():
+            p.terminate()
+            p.join(0.5)
+        if p.is_alive():
+            p.kill()
+            p.join(0.5)
+
+
+def _summarise(final: dict, source_info: dict) -> dict:
+    src = final.get("source", {})
+    win = final.get("window", {})
+    sink = final.get("sink", {})
+    c = lambda snap, key: int(snap.get("counters", {}).get(key, 0))  # noqa: E731
+    src_stats = src.get("source", {})
+    dropped_events = (c(win, "dropped_events") + int(src_stats.get("dropped_out_of_order", 0))
+                      + int(src_stats.get("dropped_outside_sensor", 0)) + int(src_stats.get("lost", 0)))
+    out = {
+        "events_in": c(src, "events_out"),
+        "events_out": c(sink, "events_in"),
+        "windows": c(sink, "windows_in"),
+        "dropped_events": dropped_events,
+        "dropped_windows": c(win, "dropped_windows") + c(sink, "dropped_windows"),
+        "latency_ms": merge_latency(sink, "latency_ms"),
+        "window_latency_ms": merge_latency(win, "window_ms"),
+        "malformed_messages": int(sink.get("wire", {}).get("malformed", 0)),
+        "camera": source_info.get("camera", ""),
+        "width": source_info.get("width", 0),
+        "height": source_info.get("height", 0),
+        "stages": final,
+    }
+    if src.get("end_reason"):
+        out["end_reason"] = src["end_reason"]
+    return out

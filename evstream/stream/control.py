@@ -1,0 +1,112 @@
+"""The control channel between the launcher and its stages.
+
+The launcher binds one ROUTER socket; every stage connects a DEALER whose identity is the stage
+name. Messages are single JSON frames `{"kind": ..., ...}`:
+
+    stage -> launcher   ready {info}      the stage has opened its resources (ring, sockets, file)
+                        telemetry {snap}   periodic and final counters (final=True at the end)
+                        done {}            the stage finished its work normally
+                        error {message, traceback, user}   the stage failed
+    launcher -> stage   start {info}       every stage is ready: go (info carries the sensor size)
+                        stop {}            finish now (Ctrl-C, another stage failed)
+
+Start-up is a handshake, never a sleep: stages report `ready`, the launcher answers `start` only
+when all have. Because the channel is zmq, a stage may live on another host.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+import zmq
+
+
+class StopRequested(Exception):
+    """Raised inside a stage when the launcher asked it to stop while it was waiting."""
+
+
+class StageLink:
+    """The stage's end of the control channel."""
+
+    def __init__(self, control_url: str, stage: str, ctx: zmq.Context | None = None):
+        self.stage = stage
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, stage.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(control_url)
+        self.stopping = False
+
+    def send(self, kind: str, **payload) -> None:
+        self.sock.send(json.dumps({"kind": kind, **payload}).encode())
+
+    def ready(self, **info) -> None:
+        self.send("ready", info=info)
+
+    def wait_start(self, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"stage {self.stage}: no start from the launcher in {timeout_s} s")
+            if self.sock.poll(int(left * 1000)):
+                msg = json.loads(self.sock.recv())
+                if msg["kind"] == "start":
+                    return msg.get("info", {})
+                if msg["kind"] == "stop":
+                    self.stopping = True
+                    raise StopRequested
+
+    def should_stop(self) -> bool:
+        """Non-blocking: has the launcher asked us to stop?"""
+        while not self.stopping and self.sock.poll(0):
+            if json.loads(self.sock.recv())["kind"] == "stop":
+                self.stopping = True
+        return self.stopping
+
+    def telemetry(self, snapshot: dict, final: bool = False) -> None:
+        self.send("telemetry", snapshot=snapshot, final=final)
+
+    def done(self) -> None:
+        self.send("done")
+
+    def error(self, exc: BaseException, user: bool) -> None:
+        self.send("error", message=str(exc), user=user,
+                  traceback="".join(traceback.format_exception(exc)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LauncherLink:
+    """The launcher's end: one ROUTER bound to `url`."""
+
+    def __init__(self, url: str, ctx: zmq.Context | None = None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.bind(url)
+        self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def recv(self, timeout_s: float) -> tuple[str, dict] | None:
+        if not self.sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        ident, raw = self.sock.recv_multipart()
+        try:
+            return ident.decode(), json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return ident.decode(errors="replace"), {"kind": "garbage"}
+
+    def send(self, stage: str, kind: str, **payload) -> bool:
+        try:
+            self.sock.send_multipart([stage.encode(), json.dumps({"kind": kind, **payload}).encode()],
+                                     flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # the stage is gone (ROUTER_MANDATORY) or its queue is full
+            return False
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,109 @@
+"""The sink process: the consumer of `replay --no-model`. Receives windows, validates them,
+measures latency from window end to delivery, and counts.
+
+Live mode keeps only the newest window per stream: each wake-up drains everything queued and
+processes the newest message of each stream, counting the rest as dropped. Lossless mode
+processes every window in order. Malformed messages are dropped and counted by `wire.recv`.
+With `dump_windows` set, every processed window is kept and written to an .npz at the end
+(for tests that compare the streamed windows with offline ones; small recordings only).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from evstream.config import PipelineConfig
+from evstream.stream.stage import stage_context
+from evstream.stream.telemetry import StageTelemetry
+
+
+def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
+    """Receive what is queued; lossless: all messages in order; live: newest per stream.
+
+    Returns (messages, n_stale) where stale messages are the ones live mode skipped.
+    """
+    from evstream.stream import wire
+
+    msg = wire.recv(sock, first_timeout_ms, stats)
+    if msg is None:
+        return [], 0
+    msgs = [msg]
+    while True:
+        m = wire.recv(sock, 0, stats)
+        if m is None:
+            break
+        msgs.append(m)
+    if lossless:
+        return msgs, 0
+    newest: dict[str, object] = {}
+    controls = []
+    for m in msgs:
+        if m.header.get("kind") == "window":
+            newest[m.header.get("stream")] = m
+        else:
+            controls.append(m)
+    keep = list(newest.values()) + controls
+    return keep, len(msgs) - len(keep)
+
+
+def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
+    from evstream.stream import wire
+
+    with stage_context(endpoints, "sink") as link:
+        sock = zmq.Context.instance().socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 16 if cfg.lossless else 4)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoints["windows"])
+        stats = wire.WireStats()
+        tel = StageTelemetry("sink")
+        dumped: list[tuple[int, int, np.ndarray]] = []
+        try:
+            link.ready()
+            link.wait_start()
+            next_report = time.monotonic() + cfg.telemetry_interval_s / 2
+            eos = False
+            while not eos:
+                msgs, stale = drain_newest(sock, stats, 20, cfg.lossless)
+                if stale:
+                    tel.count("dropped_windows", stale)
+                for m in msgs:
+                    h = m.header
+                    if h.get("kind") == "control":
+                        eos = eos or bool(h.get("meta", {}).get("eos"))
+                        continue
+                    if cfg.slow_consumer_ms:
+                        time.sleep(cfg.slow_consumer_ms / 1000)
+                    tel.latency("latency_ms", (time.monotonic_ns() - h["ts"]["window_end"]) / 1e6)
+                    tel.count("windows_in", 1)
+                    tel.count("events_in", int(h.get("meta", {}).get("events", 0)))
+                    if cfg.dump_windows:
+                        dumped.append((h["t0_us"], h["t1_us"], np.array(m.arrays[0])))
+                if link.should_stop():
+                    break
+                if time.monotonic() >= next_report:
+                    link.telemetry(_snap(tel, stats))
+                    next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
+            if cfg.dump_windows:
+                _dump(cfg.dump_windows, dumped)
+        finally:
+            link.telemetry(_snap(tel, stats), final=True)
+            sock.close()
+
+
+def _snap(tel, stats) -> dict:
+    snap = tel.snapshot()
+    snap["wire"] = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+    return snap
+
+
+def _dump(path: str, dumped) -> None:
+    if not dumped:
+        np.savez(path, t0_us=np.zeros(0, np.int64), t1_us=np.zeros(0, np.int64),
+                 windows=np.zeros((0,), np.float32))
+        return
+    np.savez(path, t0_us=np.array([d[0] for d in dumped], np.int64),
+             t1_us=np.array([d[1] for d in dumped], np.int64),
+             windows=np.stack([d[2] for d in dumped]))

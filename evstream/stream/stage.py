@@ -1,0 +1,52 @@
+"""What every stage process does around its work: signals, the control link, error reporting.
+
+    def my_stage(config, endpoints):
+        with stage_context(endpoints, "name") as link:
+            ...open resources...; link.ready(...); info = link.wait_start(); ...work...
+
+On leaving the block the process exits: 0 when the work finished or the launcher asked it to stop,
+2 after a user error (`EvstreamError`, reported as one line), 1 after anything else (reported with
+its traceback). SIGINT is ignored in stages: Ctrl-C reaches the whole process group, and only the
+launcher decides how the pipeline stops (it sends `stop`, then terminates whatever lingers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+import zmq
+
+from evstream.errors import EvstreamError
+from evstream.stream.control import StageLink, StopRequested
+
+
+@contextlib.contextmanager
+def stage_context(endpoints: dict, stage: str):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=int(os.environ.get("EVSTREAM_LOGLEVEL", logging.WARNING)),
+                        format=f"evstream[{stage}]: %(levelname)s: %(message)s")
+    link = StageLink(endpoints["control"], stage)
+    code = 0
+    try:
+        yield link
+        link.done()
+    except StopRequested:
+        link.done()
+    except EvstreamError as e:
+        link.error(e, user=True)
+        code = 2
+    except BaseException as e:  # noqa: BLE001 - reported to the launcher with its traceback
+        link.error(e, user=False)
+        code = 1
+    finally:
+        link.close()
+        # Terminate zmq before the interpreter frees memory: zmq's I/O thread may still be
+        # sending zero-copy buffers, and freeing them under it aborts the process
+        # ("Bad address (src/tcp.cpp:227)", libzmq 4.3 via pyzmq 27). destroy() closes what is
+        # left open with a bounded linger, then waits for pending sends.
+        zmq.Context.instance().destroy(linger=2000)
+    sys.exit(code)

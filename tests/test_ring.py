@@ -1,0 +1,560 @@
+"""The shared-memory event ring: contents, overrun accounting, lossless waiting, dead readers,
+cleanup of /dev/shm on every exit path, and the CPython attach bug it works around.
+
+Everything that crosses processes uses real `spawn` processes; synchronisation is by queues and
+events with timeouts, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evstream.stream import shm
+from evstream.stream.ring import EventRing
+from evstream.types import EVENT_DTYPE
+
+CTX = mp.get_context("spawn")
+TIMEOUT = 20.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def seq_events(start: int, n: int) -> np.ndarray:
+    """Events whose every field is a function of the sequence number, so torn data shows."""
+    s = np.arange(start, start + n, dtype=np.int64)
+    ev = np.empty(n, EVENT_DTYPE)
+    ev["t"] = s
+    ev["x"] = s % 346
+    ev["y"] = (s // 346) % 260
+    ev["p"] = s % 2
+    return ev
+
+
+def check_consistent(ev: np.ndarray) -> None:
+    s = ev["t"]
+    assert np.array_equal(ev["x"], s % 346), "torn event: x does not match t"
+    assert np.array_equal(ev["y"], (s // 346) % 260), "torn event: y does not match t"
+    assert np.array_equal(ev["p"], s % 2), "torn event: p does not match t"
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(shm.shm_path(name))
+
+
+def park() -> None:
+    """Wait to be signalled or killed (the test ends us; this is not synchronisation)."""
+    time.sleep(60)
+
+
+# -- child processes -------------------------------------------------------------------------
+
+def _writer_proc(name, policy, n, chunk_max, first, phase_q, go, seed):
+    """Write events 0..n-1 in random chunk sizes; pause after `first` events until `go`."""
+    ring = EventRing.attach(name)
+    w = ring.writer(policy)
+    rng = np.random.default_rng(seed)
+    ev = seq_events(0, n)
+    done = 0
+    paused = first is None
+    while done < n:
+        if not paused and done >= first:
+            phase_q.put(("paused", done))
+            assert go.wait(TIMEOUT)
+            paused = True
+        k = int(rng.integers(1, chunk_max + 1))
+        if not paused:
+            k = min(k, first - done)
+        k = min(k, n - done)
+        wrote = w.write(ev[done:done + k], timeout=TIMEOUT)
+        assert wrote == k, (wrote, k)
+        done += k
+    written = w.written
+    w.close_stream()
+    ring.close()
+    phase_q.put(("done", written))
+
+
+def _idle_reader_proc(name, q):
+    ring = EventRing.attach(name)
+    r = ring.reader()
+    q.put(r.slot)
+    park()
+
+
+def _idle_writer_proc(name, q, n):
+    ring = EventRing.attach(name)
+    w = ring.writer("live")
+    w.write(seq_events(0, n))
+    q.put(w.written)
+    park()
+
+
+def _owner_proc(mode, q):
+    if mode == "with":
+        with EventRing.create(4096) as ring:
+            ring.writer().write(seq_events(0, 100))
+            q.put(ring.name)
+            park()
+    elif mode == "finally":
+        ring = EventRing.create(4096)
+        try:
+            q.put(ring.name)
+            park()
+        finally:
+            ring.close()
+            ring.unlink()
+    elif mode == "normal":
+        with EventRing.create(4096) as ring:
+            ring.writer().write(seq_events(0, 100))
+            q.put(ring.name)
+
+
+def _attach_and_exit_proc(name, q):
+    ring = EventRing.attach(name)
+    r = ring.reader()
+    q.put(len(r.read(timeout=0)))
+    ring.close()
+
+
+def _latency_writer_proc(name, n_writes, period_s, ready, go, q):
+    ring = EventRing.attach(name)
+    w = ring.writer("live")
+    ready.set()
+    assert go.wait(TIMEOUT)
+    next_t = time.perf_counter()
+    for i in range(n_writes):
+        next_t += period_s
+        while time.perf_counter() < next_t:   # pacing the load, not synchronising
+            pass
+        w.write(seq_events(i * 10, 10))
+    w.close_stream()
+    ring.close()
+    q.put("done")
+
+
+# -- single process ----------------------------------------------------------------------------
+
+def test_roundtrip_wraparound_and_copies():
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer(), ring.reader()
+        got = []
+        rng = np.random.default_rng(1)
+        seq = 0
+        for _ in range(200):                    # 200 writes of up to 37 events: wraps ~4 times
+            k = int(rng.integers(0, 38))
+            assert w.write(seq_events(seq, k)) == k
+            seq += k
+            out = r.read(timeout=0)
+            assert out.dtype == EVENT_DTYPE and out.flags.c_contiguous
+            got.append(out)
+        got = np.concatenate(got)
+        assert np.array_equal(got, seq_events(0, seq))
+        assert r.lost == 0 and w.written == seq
+        # a read returns a copy: overwriting the ring later does not change it
+        w.write(seq_events(seq, 10))
+        out = r.read(timeout=0)
+        w.write(seq_events(10_000, 1000))
+        assert np.array_equal(out, seq_events(seq, 10))
+
+
+def test_max_events_and_empty_and_end_of_stream():
+    with EventRing.create(100) as ring:
+        w, r = ring.writer(), ring.reader()
+        assert len(r.read(timeout=0)) == 0
+        w.write(seq_events(0, 50))
+        a = r.read(max_events=20, timeout=0)
+        b = r.read(max_events=1000, timeout=0)
+        assert np.array_equal(np.concatenate([a, b]), seq_events(0, 50))
+        assert r.lag() == 0
+        w.write(seq_events(50, 5))
+        w.close_stream()
+        assert np.array_equal(r.read(timeout=0), seq_events(50, 5))   # drains before the end
+        assert r.read(timeout=0) is None
+        assert r.read(timeout=0) is None
+        with pytest.raises(RuntimeError, match="already closed"):
+            ring.writer()
+
+
+def test_write_validation():
+    with EventRing.create(10) as ring:
+        w = ring.writer()
+        with pytest.raises(TypeError):
+            w.write(np.zeros(3, np.int64))
+        with pytest.raises(TypeError):
+            w.write(seq_events(0, 4).reshape(2, 2))
+        with pytest.raises(ValueError):
+            ring.writer("sometimes")
+        with pytest.raises(ValueError):
+            ring.reader().read(max_events=0)
+
+
+def test_fill_the_ring_lossless():
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer("lossless"), ring.reader()
+        assert w.write(seq_events(0, 1000), timeout=0) == 1000       # exactly full
+        assert w.write(seq_events(1000, 5), timeout=0) == 0          # no room, no wait
+        t0 = time.monotonic()
+        assert w.write(seq_events(1000, 5), timeout=0.05) == 0       # waits, then gives up
+        assert time.monotonic() - t0 >= 0.05
+        assert len(r.read(max_events=300, timeout=0)) == 300
+        assert w.write(seq_events(1000, 500), timeout=0) == 300      # exactly what was freed
+        out = r.read(timeout=0)
+        assert np.array_equal(out, seq_events(300, 1000))
+        assert r.lost == 0
+
+
+def test_live_write_larger_than_ring_and_lapped_reader():
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer("live"), ring.reader()
+        assert w.write(seq_events(0, 2500)) == 2500
+        out = r.read(timeout=0)
+        assert np.array_equal(out, seq_events(1500, 1000))          # the newest capacity events
+        assert r.lost == 1500
+        w.write(seq_events(2500, 3000))                              # lap the reader again
+        w.write(seq_events(5500, 10))
+        out = r.read(timeout=0)
+        assert r.lost + 1000 + len(out) == w.written
+        assert np.array_equal(out, seq_events(4510, 1000))
+
+
+def test_overwrite_during_copy_is_cut_and_counted():
+    """The seqlock re-check, made deterministic: the writer laps the reader in the middle of
+    its copy (and the copy came out torn); the reader drops exactly the overwritten part."""
+    with EventRing.create(100) as ring:
+        w, r = ring.writer("live"), ring.reader()
+        w.write(seq_events(0, 100))
+        real_copy = ring._copy_out
+
+        def torn_copy(start, end):
+            out = real_copy(start, end)
+            w.write(seq_events(100, 30))        # overwrites the slots of events 0..29
+            out[:30]["x"] = 9999                 # as a copy racing that write may see them
+            return out
+
+        ring._copy_out = torn_copy
+        out = r.read(timeout=0)
+        ring._copy_out = real_copy
+        assert np.array_equal(out, seq_events(30, 70))
+        assert r.lost == 30
+        assert np.array_equal(r.read(timeout=0), seq_events(100, 30))
+
+
+def test_reader_slots_exhaust_and_reuse():
+    with EventRing.create(10, max_readers=2) as ring:
+        a, b = ring.reader(), ring.reader()
+        with pytest.raises(RuntimeError, match="reader slots"):
+            ring.reader()
+        a.close()
+        c = ring.reader()
+        assert c.slot == a.slot
+        assert [row["slot"] for row in ring.info()["readers"]] == sorted([b.slot, c.slot])
+
+
+def test_single_writer_enforced():
+    with EventRing.create(10) as ring:
+        w = ring.writer()
+        with pytest.raises(RuntimeError, match="already has a writer"):
+            EventRing.attach(ring.name).writer()
+        w.close()                              # gives up the role without ending the stream
+        w2 = ring.writer()
+        w2.write(seq_events(0, 3))
+        assert ring.info()["written"] == 3
+
+
+def test_attach_errors():
+    with pytest.raises(FileNotFoundError, match="no shared memory segment"):
+        EventRing.attach("evstream_does_not_exist_123")
+    plain = SharedMemory(create=True, size=8192)
+    try:
+        with pytest.raises(ValueError, match="not an evstream event ring"):
+            EventRing.attach(plain.name.lstrip("/"))
+    finally:
+        plain.close()
+        plain.unlink()
+
+
+def test_fence_compiles_and_runs():
+    fence = shm.compile_fence()   # used on weakly ordered CPUs; on x86-64 the ring needs none
+    fence()
+
+
+# -- across processes --------------------------------------------------------------------------
+
+def test_live_overrun_accounting_across_processes():
+    """A slow reader in live mode: written == read + lost, and what was read is exactly the
+    written events it did not lose, in order, never torn."""
+    n, cap = 2_000_000, 4096
+    with EventRing.create(cap) as ring:
+        r = ring.reader()                      # joins before the first write
+        q, go = CTX.Queue(), CTX.Event()
+        p = CTX.Process(target=_writer_proc, args=(ring.name, "live", n, 700, 3 * cap, q, go, 7))
+        p.start()
+        try:
+            # phase 1: the writer laps the idle reader (certain loss); phase 2: both run freely
+            assert q.get(timeout=TIMEOUT) == ("paused", 3 * cap)
+            go.set()
+            parts = []
+            sizes = [64, None, 1000]       # long copies give the writer time to overwrite them
+            while (out := r.read(max_events=sizes[len(parts) % 3], timeout=TIMEOUT)) is not None:
+                parts.append(out)
+            kind, written = q.get(timeout=TIMEOUT)
+            p.join(TIMEOUT)
+        finally:
+            if p.is_alive():
+                p.kill()
+        got = np.concatenate(parts)
+        assert kind == "done" and written == n and p.exitcode == 0
+        assert len(got) + r.lost == written
+        assert r.lost >= 2 * cap
+        check_consistent(got)
+        t = got["t"]
+        assert np.all(np.diff(t) > 0) and t[0] >= 0 and t[-1] == n - 1   # an ordered subsequence
+        assert ring.info()["readers"][0]["lost"] == r.lost
+
+
+def test_lossless_slow_reader_gets_everything():
+    n, cap = 200_000, 1000
+    with EventRing.create(cap) as ring:
+        r = ring.reader()
+        q, go = CTX.Queue(), CTX.Event()
+        p = CTX.Process(target=_writer_proc, args=(ring.name, "lossless", n, 600, None, q, go, 3))
+        p.start()
+        try:
+            parts = []
+            while (out := r.read(max_events=97, timeout=TIMEOUT)) is not None:
+                parts.append(out)
+            kind, written = q.get(timeout=TIMEOUT)
+            p.join(TIMEOUT)
+        finally:
+            if p.is_alive():
+                p.kill()
+        assert kind == "done" and written == n and p.exitcode == 0
+        assert r.lost == 0
+        assert np.array_equal(np.concatenate(parts), seq_events(0, n))
+
+
+def test_lossless_writer_survives_killed_reader():
+    cap = 1000
+    with EventRing.create(cap) as ring:
+        w = ring.writer("lossless")
+        live_reader = ring.reader()
+        q = CTX.Queue()
+        p = CTX.Process(target=_idle_reader_proc, args=(ring.name, q))
+        p.start()
+        try:
+            slot = q.get(timeout=TIMEOUT)
+            assert w.write(seq_events(0, cap), timeout=TIMEOUT) == cap
+            assert len(live_reader.read(timeout=0)) == cap
+            # the idle (alive) reader holds the writer back: the timeout is honoured
+            assert w.write(seq_events(cap, 10), timeout=0.02) == 0
+            row = next(x for x in w.readers() if x["slot"] == slot)
+            assert row["alive"] and row["pid"] == p.pid and row["lag"] == cap
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(TIMEOUT)
+        finally:
+            if p.is_alive():
+                p.kill()
+        # the dead reader no longer stalls the writer; the live reader still gets everything
+        t0 = time.monotonic()
+        got = []
+        for i in range(5):
+            assert w.write(seq_events(cap + i * 800, 800), timeout=TIMEOUT) == 800
+            got.append(live_reader.read(timeout=0))
+        assert time.monotonic() - t0 < 5
+        assert np.array_equal(np.concatenate(got), seq_events(cap, 4000))
+        assert not next(x for x in w.readers() if x["slot"] == slot)["alive"]
+        # its slot can be claimed again, and the new reader is waited for
+        again = [ring.reader() for _ in range(ring.max_readers - 1)]
+        assert slot in [x.slot for x in again]
+
+
+def test_writer_killed_and_replaced():
+    with EventRing.create(1000) as ring:
+        r = ring.reader()
+        q = CTX.Queue()
+        p = CTX.Process(target=_idle_writer_proc, args=(ring.name, q, 300))
+        p.start()
+        try:
+            assert q.get(timeout=TIMEOUT) == 300
+            assert r.writer_alive()
+            with pytest.raises(RuntimeError, match="already has a writer"):
+                ring.writer()
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(TIMEOUT)
+        finally:
+            if p.is_alive():
+                p.kill()
+        assert not r.writer_alive()
+        w = ring.writer()                      # a restarted stage takes over the stream
+        w.write(seq_events(300, 50))
+        assert np.array_equal(r.read(timeout=0), seq_events(0, 350))
+
+
+def test_cross_process_latency():
+    """Write -> read-return latency across processes (printed; the bound is loose for CI)."""
+    with EventRing.create(1 << 16) as ring:
+        r = ring.reader()
+        ready, go, q = CTX.Event(), CTX.Event(), CTX.Queue()
+        p = CTX.Process(target=_latency_writer_proc, args=(ring.name, 2000, 0.0005, ready, go, q))
+        p.start()
+        try:
+            assert ready.wait(TIMEOUT)
+            go.set()
+            lat_us = []
+            while (out := r.read(timeout=TIMEOUT)) is not None:
+                if len(out):
+                    lat_us.append((time.monotonic_ns() - r.last_write_wall_ns) / 1000)
+            assert q.get(timeout=TIMEOUT) == "done"
+            p.join(TIMEOUT)
+        finally:
+            if p.is_alive():
+                p.kill()
+        lat = np.array(lat_us)
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(f"ring latency over {len(lat)} reads: p50 {p50:.0f} us, p99 {p99:.0f} us, "
+              f"max {lat.max():.0f} us")
+        assert r.lost == 0
+        assert (lat > 0).all()
+        assert p50 < 2000
+
+
+# -- /dev/shm cleanup --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode,sig", [("normal", None), ("with", signal.SIGINT),
+                                      ("finally", signal.SIGINT), ("with", signal.SIGTERM)])
+def test_owner_unlinks_on_exit(mode, sig):
+    q = CTX.Queue()
+    p = CTX.Process(target=_owner_proc, args=(mode, q))
+    p.start()
+    try:
+        name = q.get(timeout=TIMEOUT)
+        if sig is not None:
+            assert exists(name)
+            os.kill(p.pid, sig)
+        p.join(TIMEOUT)
+    finally:
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode is not None and p.exitcode >= 0, "died by the signal: no finally ran"
+    if sig == signal.SIGTERM:
+        assert p.exitcode == 128 + signal.SIGTERM
+    assert not exists(name)
+
+
+def test_crashed_stages_owner_still_unlinks():
+    with EventRing.create(1000) as ring:
+        name = ring.name
+        # one queue per process: a process killed inside a queue's lock would jam a shared one
+        qs = [CTX.Queue() for _ in range(3)]
+        procs = [CTX.Process(target=_idle_writer_proc, args=(name, qs[0], 10)),
+                 CTX.Process(target=_idle_reader_proc, args=(name, qs[1])),
+                 CTX.Process(target=_attach_and_exit_proc, args=(name, qs[2]))]
+        try:
+            for p in procs[:2]:
+                p.start()
+            assert qs[0].get(timeout=TIMEOUT) == 10
+            assert qs[1].get(timeout=TIMEOUT) in range(ring.max_readers)
+            for p in procs[:2]:
+                os.kill(p.pid, signal.SIGKILL)
+            for p in procs[:2]:
+                p.join(TIMEOUT)
+            assert [p.exitcode for p in procs[:2]] == [-signal.SIGKILL] * 2
+            # a stage that attaches and exits normally does not take the ring with it either
+            procs[2].start()
+            assert qs[2].get(timeout=TIMEOUT) == 0
+            procs[2].join(TIMEOUT)
+            assert procs[2].exitcode == 0
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+        assert exists(name)
+    assert not exists(name)
+
+
+def _run_python(code: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """A fresh interpreter (its own resource tracker). With output captured, `run` returns only
+    when every holder of the pipes, the tracker included, has exited: no waiting needed."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_cpython_attach_bug_and_workaround():
+    """CPython 3.11 (to 3.13 by default): a process that merely attaches with
+    SharedMemory(name=...) unlinks the segment when it exits. EventRing.attach does not."""
+    plain = SharedMemory(create=True, size=4096)
+    name = plain.name.lstrip("/")
+    try:
+        res = _run_python(f"""
+            from multiprocessing.shared_memory import SharedMemory
+            SharedMemory(name={name!r}).close()
+        """)
+        assert res.returncode == 0, res.stderr
+        assert not exists(name), "the bug is gone: shm._attach_untracked can be simplified"
+        assert "leaked shared_memory" in res.stderr
+    finally:
+        plain.close()
+        resource_tracker.unregister(plain._name, "shared_memory")   # it is already gone
+
+    with EventRing.create(100) as ring:
+        res = _run_python(f"""
+            from evstream.stream.ring import EventRing
+            ring = EventRing.attach({ring.name!r})
+            r = ring.reader()
+            r.read(timeout=0)
+            ring.close()
+        """)
+        assert res.returncode == 0, res.stderr
+        assert exists(ring.name)
+        assert "leaked" not in res.stderr
+
+
+def test_owner_killed_its_resource_tracker_unlinks():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time
+            from evstream.stream.ring import EventRing
+            ring = EventRing.create(100)
+            print(ring.name, flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        name = proc.stdout.readline().strip()
+        assert name and exists(name)
+        proc.kill()
+        _, err = proc.communicate(timeout=TIMEOUT)   # returns once the tracker has exited too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not exists(name), err
+
+
+def test_exit_on_sigterm_keeps_an_application_handler():
+    def mine(signum, frame):
+        pass
+
+    before = signal.getsignal(signal.SIGTERM)
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        with EventRing.create(10):
+            assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if before == signal.SIG_DFL:
+        with EventRing.create(10):
+            assert signal.getsignal(signal.SIGTERM) is shm._sigterm_to_exit
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

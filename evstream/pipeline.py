@@ -64,8 +64,8 @@ def _stages(cfg: PipelineConfig):
 
 def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineResult:
     """Run the pipeline to the end of the source (or Ctrl-C). `status(line)` gets periodic lines;
-    `on_started({stage: pid})` is called once every stage process runs (tests use it to kill
-    one)."""
+    `on_started({"pids": {stage: pid}, "endpoints": {...}})` is called once every stage process
+    runs (tests use it to kill a stage or to talk to an endpoint)."""
     from evstream.stream.ring import EventRing
 
     status = status or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -90,7 +90,8 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
             signal.signal(signal.SIGINT, old_int)
         t_start = time.monotonic()
         if on_started is not None:
-            on_started({name: p.pid for name, p in procs.items()})
+            on_started({"pids": {name: p.pid for name, p in procs.items()},
+                        "endpoints": dict(endpoints)})
         _supervise(cfg, link, procs, result, status, state)
     except (KeyboardInterrupt, _Terminate):
         result.summary["interrupted"] = True
@@ -105,7 +106,10 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         ring.close()
         ring.unlink()
         shutil.rmtree(tmpdir, ignore_errors=True)
-    result.summary["wall_s"] = round(time.monotonic() - t_start, 3)
+    now = time.monotonic()
+    result.summary["wall_s"] = round(now - t_start, 3)
+    # streaming time: from `start` to the end, without process start-up and kernel loading
+    result.summary["stream_s"] = round(now - state.t_streaming, 3) if state.t_streaming else 0.0
     return result
 
 
@@ -119,6 +123,7 @@ class _State:
     done: set = field(default_factory=set)
     final: dict = field(default_factory=dict)     # stage -> final telemetry snapshot
     latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
+    t_streaming: float = 0.0                      # when `start` went out (monotonic s)
 
 
 def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> None:
@@ -151,6 +156,7 @@ def _supervise(cfg, link, procs, result, status, state: _State) -> None:
             for name in procs:
                 link.send(name, "start", info=state.ready["source"])
             started = True
+            state.t_streaming = time.monotonic()
         # a stage that died without a word (killed, segfault), or crashed while exiting
         for name, p in procs.items():
             if p.exitcode is not None and p.exitcode != 0 and not result.exit_code:

@@ -81,6 +81,12 @@ def _write(writer, ev, link) -> None:
 def _snapshot(tel, src) -> dict:
     snap = tel.snapshot()
     snap["source"] = src.stats.as_dict()
+    lag = getattr(src, "pacing_lag_us", None)
+    if lag:
+        snap["pacing_lag_us"] = lag
+    for key in ("received_events", "received_packets", "dropped_packets"):   # network sources
+        if hasattr(src, key):
+            snap.setdefault("network", {})[key] = int(getattr(src, key))
     end_reason = getattr(src, "end_reason", "")
     if end_reason:
         snap["end_reason"] = end_reason

@@ -23,7 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) -e ".[test,bench]"
-	$(PY) tools/bench/run_all.py
+	for b in io voxel pipeline sim; do $(VENV)/bin/evstream bench $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

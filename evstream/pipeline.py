@@ -109,7 +109,8 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     now = time.monotonic()
     result.summary["wall_s"] = round(now - t_start, 3)
     # streaming time: from `start` to the end, without process start-up and kernel loading
-    result.summary["stream_s"] = round(now - state.t_streaming, 3) if state.t_streaming else 0.0
+    end = state.t_done if len(state.done) == len(procs) else now
+    result.summary["stream_s"] = round(end - state.t_streaming, 3) if state.t_streaming else 0.0
     return result
 
 
@@ -124,6 +125,7 @@ class _State:
     final: dict = field(default_factory=dict)     # stage -> final telemetry snapshot
     latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
     t_streaming: float = 0.0                      # when `start` went out (monotonic s)
+    t_done: float = 0.0                           # when the last `done` arrived
 
 
 def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> None:
@@ -136,6 +138,7 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
             state.final[stage] = msg["snapshot"]
     elif kind == "done":
         state.done.add(stage)
+        state.t_done = time.monotonic()
     elif kind == "error" and not result.exit_code:
         result.error_stage = stage
         result.user_error = bool(msg.get("user"))
@@ -189,6 +192,7 @@ def _finish(link, procs, state: _State, result: PipelineResult) -> None:
 
 
 def _stop_all(link, procs) -> None:
+    procs = {n: p for n, p in procs.items() if p.pid is not None}   # started ones only
     for name, p in procs.items():
         if p.is_alive():
             link.send(name, "stop")

@@ -114,6 +114,11 @@ def _owner_proc(mode, q):
         finally:
             ring.close()
             ring.unlink()
+    elif mode == "reading":                     # interrupted inside a blocking read
+        with EventRing.create(4096) as ring:
+            r = ring.reader()
+            q.put(ring.name)
+            r.read(timeout=None)
     elif mode == "normal":
         with EventRing.create(4096) as ring:
             ring.writer().write(seq_events(0, 100))
@@ -432,7 +437,8 @@ def test_cross_process_latency():
 # -- /dev/shm cleanup --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode,sig", [("normal", None), ("with", signal.SIGINT),
-                                      ("finally", signal.SIGINT), ("with", signal.SIGTERM)])
+                                      ("finally", signal.SIGINT), ("with", signal.SIGTERM),
+                                      ("reading", signal.SIGINT), ("reading", signal.SIGTERM)])
 def test_owner_unlinks_on_exit(mode, sig):
     q = CTX.Queue()
     p = CTX.Process(target=_owner_proc, args=(mode, q))

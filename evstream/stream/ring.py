@@ -128,7 +128,8 @@ class EventRing:
         if itemsize != EVENT_DTYPE.itemsize:
             raise ValueError(f"event ring {self.name!r} holds {itemsize}-byte events, this "
                              f"evstream writes {EVENT_DTYPE.itemsize}")
-        if segment.size < data_offset + capacity * itemsize:
+        if capacity < 1 or not 1 <= max_readers <= _MAX_READERS_LIMIT or data_offset < 0 \
+                or segment.size < data_offset + capacity * itemsize:
             raise ValueError(f"event ring {self.name!r} is truncated ({segment.size} bytes)")
         self.capacity = capacity
         self.max_readers = max_readers

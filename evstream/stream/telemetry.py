@@ -275,6 +275,7 @@ class StageTelemetry:
         return {
             "stage": self.stage,
             "uptime_s": round(self.clock() - self.t_start, 6),
+            "cpu_s": round(time.process_time(), 6),     # this process's CPU time so far
             "counters": dict(self.counters),
             "rates": {name: m.rate() for name, m in self._rates.items()},
             "gauges": {k: _plain(v) for k, v in self.gauges.items()},

@@ -107,10 +107,18 @@ def _copy(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 class _Buffer:
-    """Events in [head, tail) of `arr`; global stream index of arr[0] is `base`."""
+    """Events in [head, tail) of `arr`; global stream index of arr[0] is `base`.
 
-    def __init__(self):
+    With `reuse`, compaction alternates between two arrays instead of allocating a fresh one
+    each time (fresh arrays cost page faults: ~5 ms per 20 MB on this machine, on the hot path
+    at 12 M events/s); the price is that emitted windows' events are valid only until the next
+    push (the window stage consumes each window before reading more).
+    """
+
+    def __init__(self, reuse: bool = False):
         self.arr: np.ndarray | None = None
+        self.spare: np.ndarray | None = None
+        self.reuse = reuse
         self.head = 0
         self.tail = 0
         self.base = 0
@@ -125,7 +133,13 @@ class _Buffer:
         elif self.tail + n > len(self.arr):
             # never write over emitted views: move the live part into a fresh array
             live = self.tail - self.head
-            fresh = np.zeros(max(_MIN_CAPACITY, 2 * (live + n)), self.arr.dtype)
+            want = max(_MIN_CAPACITY, 2 * (live + n))
+            if self.reuse and self.spare is not None and len(self.spare) >= live + n:
+                fresh = self.spare
+            else:
+                fresh = np.zeros(want, self.arr.dtype)
+            if self.reuse:
+                self.spare = self.arr
             _copy(fresh[:live], self.arr[self.head:self.tail])
             self.base += self.head
             self.arr, self.head, self.tail = fresh, 0, live
@@ -139,13 +153,16 @@ class _Buffer:
 class Windower:
     """Incremental windowing of one sorted event stream (see the module notes)."""
 
-    def __init__(self, spec: WindowSpec, t0_us: int | None = None):
+    def __init__(self, spec: WindowSpec, t0_us: int | None = None, reuse_buffers: bool = False):
+        """reuse_buffers: emitted windows' events stay valid only until the next push/advance
+        (no allocation in steady state); off by default, when windows are views that never
+        change."""
         self.spec = spec
         self.anchor_us = None if t0_us is None else int(t0_us)
         self.next_index = 0             # the next window to emit
         self.late_events = 0            # events that arrived below the advance() watermark
         self.events_in = 0
-        self._buf = _Buffer()
+        self._buf = _Buffer(reuse_buffers)
         self._last_t: int | None = None
         self._watermark: int | None = None
         self._dtype = None

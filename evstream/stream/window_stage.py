@@ -100,7 +100,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             pool = _BufferPool((channels, height, width))
             spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
                               count=wc.count, stride_count=wc.stride_count)
-            windower = Windower(spec)
+            windower = Windower(spec, reuse_buffers=True)   # each window is used at once
             speed = cfg.source.speed
             deadline_us = int(wc.deadline_ms * 1000)
             use_deadline = deadline_us > 0 and speed is not None and wc.mode == "time"
@@ -112,9 +112,12 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             def emit(windows, end_wall_ns):
                 nonlocal seq
                 for w in windows:
+                    t_a = time.perf_counter_ns()
                     buf = pool.get()
                     extra = {"t_ref_us": int(w.t1_us)} if wc.representation == "timesurface" else {}
                     rep.compute(w.events, height, width, out=buf, **params, **extra)
+                    t_b = time.perf_counter_ns()
+                    tel.count("busy_repr_us", (t_b - t_a) // 1000)
                     header = {"kind": "window", "stream": cfg.stream_id, "seq": seq,
                               "t0_us": int(w.t0_us), "t1_us": int(w.t1_us),
                               "ts": {"window_end": int(end_wall_ns),
@@ -131,12 +134,15 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         tel.count("dropped_events", len(w.events))
                         continue
                     pool.sent(buf, tracker)
+                    tel.count("busy_send_us", (time.perf_counter_ns() - t_b) // 1000)
                     tel.count("windows_out", 1)
                     tel.count("events_out", len(w.events))
                     tel.latency("window_ms", (time.monotonic_ns() - end_wall_ns) / 1e6)
 
             while True:
+                t_a = time.perf_counter_ns()
                 ev = reader.read(timeout=0.005)
+                tel.count("wait_read_us", (time.perf_counter_ns() - t_a) // 1000)
                 if ev is None:                                  # end of stream
                     emit(windower.finish(), time.monotonic_ns())
                     break
@@ -144,7 +150,12 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if len(ev):
                     tel.count("events_in", len(ev))
                     last_t, last_wall = int(ev["t"][-1]), reader.last_write_wall_ns
-                    emit(windower.push(ev), reader.last_write_wall_ns)
+                    t_a = time.perf_counter_ns()
+                    ready = windower.push(ev)
+                    tel.count("busy_window_us", (time.perf_counter_ns() - t_a) // 1000)
+                    if ready:
+                        tel.latency("ring_ms", (now_ns - reader.last_write_wall_ns) / 1e6)
+                    emit(ready, reader.last_write_wall_ns)
                 elif use_deadline and last_t is not None:
                     # no events: estimate source time from the wall clock and close windows
                     # that ended more than the deadline ago

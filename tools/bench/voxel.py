@@ -106,12 +106,12 @@ def check_single_core() -> str:
     return f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, {pinned}, no parallel kernels"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", choices=("random", "real"), default="random")
     ap.add_argument("--sizes", default="10000,100000,1000000,10000000")
     ap.add_argument("--no-tonic", action="store_true", help="skip tonic even if installed")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     tonic_voxel = None

@@ -1,0 +1,686 @@
+"""Checking an AEDAT 4.0 file before dv-processing 2.0.4 reads it.
+
+dv-processing 2.0.4 does not fail cleanly on every damaged file: on an LZ4 payload it cannot
+decompress (a flipped bit in the middle of a recording) it spins forever holding the GIL, and on
+a packet whose flatbuffer offsets point outside the packet it segfaults. Neither can be caught
+from Python, so recording.py lets dv read a packet only after this module has passed it. This is
+the one workaround for both bugs; tests/test_aedat4.py shows the hang and the crash in a child
+process.
+
+Contract:
+- `read_layout(path) -> Layout` parses the file header, the stream list (XML) and the
+  FileDataTable (where every packet is; LZ4-decompressed here), or, for a recording that was
+  never closed (no table), walks the 8-byte packet headers the way dv does and keeps the
+  complete packets. A ZSTD-compressed table is not read (no decoder here): the packet list
+  stays empty. Anything broken is a one-line SourceError naming the
+  file and the byte offset. The file is only read, never changed.
+- `PacketChecker(path, layout, background)` runs one numba pass over the packets in file order
+  (`_check_packets`, GIL released): each packet's LZ4 frame is walked (frame header and its
+  checksum, block sizes, every sequence's literal and match lengths and match offsets, the
+  end-of-block rules) without decoding event packets except their first EVENT_HEAD_BYTES; the
+  small frame/IMU/trigger packets are decoded whole. The decoded bytes' flatbuffer offsets and
+  vector lengths are checked against the packet size (frame pixels against
+  sizeX*sizeY*channels). With `background=True` the pass runs in a daemon thread ahead of dv's
+  decoding, so on two cores it costs almost nothing in wall time.
+- `wait(k)` returns once packet k (file order) has passed and raises a one-line SourceError
+  ("corrupt packet K (stream) at byte B: what") once any packet up to k has failed; it never
+  hangs, since the pass always ends. `wait_all()` waits for every packet; `close()` stops the
+  thread and is safe to call twice.
+- ZSTD-compressed files and files without packets pass unchecked (dv reads them as they are).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from evstream.errors import SourceError
+
+MAGIC = b"#!AER-DAT4.0\r\n"
+COMPRESSION = {0: "NONE", 1: "LZ4", 2: "LZ4_HIGH", 3: "ZSTD", 4: "ZSTD_HIGH"}
+KINDS = {"EVTS": 1, "FRME": 2, "IMUS": 3, "TRIG": 4}          # packet types we check in depth
+EVENT_HEAD_BYTES = 4096          # how much of an event packet is decoded to check its offsets
+
+
+# -- the file's layout (header, streams, packet table) -------------------------------------------
+
+@dataclass
+class StreamInfo:
+    id: int
+    name: str            # dv's stream name ("events", "frames", "imu", "triggers")
+    type: str            # typeIdentifier: EVTS, FRME, IMUS, TRIG, ...
+    source: str          # camera name
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class Layout:
+    compression: int
+    table_pos: int                      # FileDataTable position, -1 when the file has none
+    data_start: int
+    file_size: int
+    streams: dict[int, StreamInfo]
+    # packets in file order: payload offset, payload size, stream id
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    stream_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def cameras(self) -> list[str]:
+        return sorted({s.source for s in self.streams.values() if s.type in KINDS and s.source})
+
+
+class _Buf:
+    """Bounds-checked little-endian reads from bytes; a bad offset raises ValueError."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def get(self, fmt: str, pos: int):
+        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
+            raise ValueError(f"offset {pos} outside the {len(self.data)}-byte buffer")
+        return struct.unpack_from("<" + fmt, self.data, pos)[0]
+
+    def table(self, pos: int) -> tuple[int, list[int]]:
+        """-> (table position, field offsets) of the flatbuffer table at pos."""
+        vt = pos - self.get("i", pos)
+        vsize, tsize = self.get("H", vt), self.get("H", vt + 2)
+        if vsize < 4 or pos + tsize > len(self.data):
+            raise ValueError(f"table at {pos} has a bad vtable")
+        return pos, [self.get("H", vt + 4 + 2 * i) for i in range((vsize - 4) // 2)]
+
+    def field(self, tbl, i: int, fmt: str, default):
+        pos, offs = tbl
+        return self.get(fmt, pos + offs[i]) if i < len(offs) and offs[i] else default
+
+    def ref(self, tbl, i: int) -> int | None:
+        pos, offs = tbl
+        if i >= len(offs) or not offs[i]:
+            return None
+        p = pos + offs[i]
+        return p + self.get("I", p)
+
+
+def read_layout(path: str) -> Layout:
+    """Parse the header, the stream list and the packet table; SourceError if they are broken."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(18)
+        if len(head) < 14 or head[:14] != MAGIC:
+            raise SourceError(f"{path}: not an AEDAT 4.0 file (it does not start with "
+                              f"'#!AER-DAT4.0')")
+        if len(head) < 18:
+            raise SourceError(f"{path}: truncated inside the file header (byte {len(head)})")
+        (hsize,) = struct.unpack_from("<i", head, 14)
+        if hsize <= 0 or 18 + hsize > size:
+            raise SourceError(f"{path}: truncated or corrupt file header (header size {hsize} "
+                              f"at byte 14, file has {size} bytes)")
+        b = _Buf(f.read(hsize))
+    try:
+        root = b.table(b.get("I", 0))
+        compression = b.field(root, 0, "i", 0)
+        table_pos = b.field(root, 1, "q", -1)
+        info = b.ref(root, 2)
+        xml = b.data[info + 4: info + 4 + b.get("I", info)].decode() if info else ""
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path}: corrupt file header ({e})") from None
+    if compression not in COMPRESSION:
+        raise SourceError(f"{path}: corrupt file header (unknown compression {compression})")
+    data_start = 18 + hsize
+    if table_pos >= 0 and not data_start <= table_pos < size:
+        raise SourceError(f"{path}: truncated or corrupt: the packet table should be at byte "
+                          f"{table_pos} but the file has {size} bytes")
+    lay = Layout(compression, table_pos, data_start, size, _streams(path, xml))
+    with open(path, "rb") as f:
+        if table_pos >= 0:
+            _packets_from_table(path, f, lay)
+        else:
+            _packets_from_headers(f, lay)
+    return lay
+
+
+def _streams(path: str, xml: str) -> dict[int, StreamInfo]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise SourceError(f"{path}: corrupt stream list in the file header ({e})") from None
+    out = {}
+    # stream nodes are the numbered children of the "outInfo" node (its path varies by writer)
+    nodes = [n for info in root.iter("node") if info.get("name") == "outInfo"
+             for n in info.findall("node")]
+    for node in nodes:
+        if not node.get("name", "").isdigit():
+            continue
+        attrs = {a.get("key"): (a.text or "") for a in node.findall("attr")}
+        info = {}
+        for child in node.findall("node"):
+            if child.get("name") == "info":
+                info = {a.get("key"): (a.text or "") for a in child.findall("attr")}
+        sid = int(node.get("name"))
+        size = None
+        if info.get("sizeX", "").isdigit() and info.get("sizeY", "").isdigit():
+            size = (int(info["sizeX"]), int(info["sizeY"]))
+        out[sid] = StreamInfo(sid, attrs.get("originalOutputName", ""),
+                              attrs.get("typeIdentifier", ""), info.get("source", ""), size)
+    return out
+
+
+def _packets_from_table(path: str, f, lay: Layout) -> None:
+    f.seek(lay.table_pos)
+    raw = f.read()
+    where = f"the packet table at byte {lay.table_pos}"
+    if lay.compression in (1, 2):
+        src = np.frombuffer(raw, np.uint8)
+        n = _lz4_frame(src, 0, len(src), np.zeros(0, np.uint8))
+        if n < 0:
+            raise SourceError(f"{path}: truncated or corrupt: {where} does not decompress "
+                              f"({_LZ4_ERRORS.get(n, n)})")
+        out = np.zeros(n, np.uint8)
+        _lz4_frame(src, 0, len(src), out)
+        raw = out.tobytes()
+    elif lay.compression != 0:
+        return  # ZSTD: no decoder here; dv reads the table and the packets unchecked
+    try:
+        b = _Buf(raw)
+        if b.get("I", 0) != len(raw) - 4:
+            raise ValueError("size prefix does not match")
+        root = b.table(4 + b.get("I", 4))
+        vec = b.ref(root, 0)
+        count = b.get("I", vec) if vec is not None else 0
+        rows = []
+        for i in range(count):
+            slot = vec + 4 + 4 * i
+            t = b.table(slot + b.get("I", slot))
+            offset = b.field(t, 0, "q", 0)
+            pinfo = t[1][1] if len(t[1]) > 1 else 0
+            sid, psize = (b.get("i", t[0] + pinfo), b.get("i", t[0] + pinfo + 4)) if pinfo \
+                else (0, 0)
+            rows.append((offset, psize, sid))
+    except ValueError as e:
+        raise SourceError(f"{path}: truncated or corrupt: {where} is damaged ({e})") from None
+    rows.sort()
+    prev_end = lay.data_start
+    for k, (offset, psize, sid) in enumerate(rows):
+        if offset - 8 < prev_end or psize < 0 or offset + psize > lay.table_pos:
+            raise SourceError(f"{path}: corrupt: {where} places packet {k} at bytes "
+                              f"{offset}..{offset + psize}, outside the data")
+        prev_end = offset + psize
+    arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    lay.offsets, lay.sizes, lay.stream_ids = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+
+def _packets_from_headers(f, lay: Layout) -> None:
+    """No packet table (never closed): walk the 8-byte headers, keeping complete packets."""
+    rows = []
+    pos = lay.data_start
+    while pos + 8 <= lay.file_size:
+        f.seek(pos)
+        sid, psize = struct.unpack("<ii", f.read(8))
+        if psize < 0 or pos + 8 + psize > lay.file_size:
+            break
+        rows.append((pos + 8, psize, sid))
+        pos += 8 + psize
+    arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    lay.offsets, lay.sizes, lay.stream_ids = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+
+# -- the packet check (numba; releases the GIL) ---------------------------------------------------
+
+_LZ4_ERRORS = {-1: "LZ4 frame too short", -2: "no LZ4 frame magic", -3: "bad LZ4 frame header",
+               -4: "LZ4 frame cut short", -5: "bad LZ4 block size", -6: "bad LZ4 literal run",
+               -7: "bad LZ4 match", -8: "LZ4 block breaks the end-of-block rules",
+               -9: "bytes after the LZ4 frame", -10: "bad LZ4 header checksum"}
+_FB_ERROR = -100     # the decompressed packet's flatbuffer points outside the packet
+# file identifiers of the KINDS as little-endian u32 (index = kind)
+_IDENTS = np.array([0] + [int.from_bytes(k.encode(), "little") for k in KINDS], np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _xxh32_small(src, p, n):
+    """xxHash32 (seed 0) of src[p:p+n] for n < 16: the LZ4 frame descriptor checksum."""
+    P1, P2, P3, P4, P5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
+    M = 0xFFFFFFFF
+    h = (P5 + n) & M
+    i = p
+    while i + 4 <= p + n:
+        v = np.int64(src[i]) | (np.int64(src[i + 1]) << 8) | (np.int64(src[i + 2]) << 16) \
+            | (np.int64(src[i + 3]) << 24)
+        h = (h + v * P3) & M
+        h = (((h << 17) | (h >> 15)) & M) * P4 & M
+        i += 4
+    while i < p + n:
+        h = (h + np.int64(src[i]) * P5) & M
+        h = (((h << 11) | (h >> 21)) & M) * P1 & M
+        i += 1
+    h ^= h >> 15
+    h = (h * P2) & M
+    h ^= h >> 13
+    h = (h * P3) & M
+    h ^= h >> 16
+    return h
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_walk_block(src, ip, iend, op, oend, low):
+    """_lz4_frame's block check without the copying: the hot loop for event packets."""
+    last_start = np.int64(-1)
+    last_end = np.int64(-1)
+    while True:
+        token = src[ip]
+        ip += 1
+        n = np.int64(token >> 4)
+        if n == 15:
+            while True:
+                if ip >= iend:
+                    return -6
+                b = src[ip]
+                ip += 1
+                n += b
+                if b != 255:
+                    break
+        ip += n
+        op += n
+        if ip >= iend:
+            if ip == iend and op <= oend:
+                break
+            return -6
+        if ip + 2 > iend:
+            return -7
+        off = np.int64(src[ip]) | (np.int64(src[ip + 1]) << 8)
+        ip += 2
+        n = np.int64(token & 15)
+        if n == 15:
+            while True:
+                if ip >= iend:
+                    return -7
+                b = src[ip]
+                ip += 1
+                n += b
+                if b != 255:
+                    break
+        if off == 0 or op - off < low:
+            return -7
+        last_start = op
+        op += n + 4
+        last_end = op
+        if ip >= iend or op > oend:
+            return -7
+    if last_end >= 0 and (last_end > op - 5 or last_start > op - 12):
+        return -8
+    return op
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_walk(src, p, end):
+    """Check the LZ4 frame src[p:end] like _lz4_frame, decoding nothing; -> size or error."""
+    q = _lz4_frame_header(src, p, end)
+    if q < 0:
+        return q
+    flg = np.int64(src[p + 4])
+    block_max = np.int64(1) << (8 + 2 * ((np.int64(src[p + 5]) >> 4) & 7))
+    indep = (flg >> 5) & 1
+    bchk = (flg >> 4) & 1
+    produced = np.int64(0)
+    while True:
+        if q + 4 > end:
+            return -4
+        bs = np.int64(src[q]) | (np.int64(src[q + 1]) << 8) | (np.int64(src[q + 2]) << 16) \
+            | (np.int64(src[q + 3]) << 24)
+        q += 4
+        if bs == 0:
+            break
+        raw = bs >> 31
+        bs &= 0x7FFFFFFF
+        if bs > block_max or q + bs + 4 * bchk > end:
+            return -5
+        if raw:
+            produced += bs
+        else:
+            r = _lz4_walk_block(src, q, q + bs, produced, produced + block_max,
+                                produced if indep else np.int64(0))
+            if r < 0:
+                return r
+            produced = r
+        q += bs + 4 * bchk
+    q += 4 * ((flg >> 2) & 1)
+    if q != end:
+        return -9
+    return produced
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_frame_header(src, p, end):
+    """Check the LZ4 frame descriptor at p; -> position of the first block, or an error."""
+    if end - p < 7:
+        return -1
+    if not (src[p] == 0x04 and src[p + 1] == 0x22 and src[p + 2] == 0x4D and src[p + 3] == 0x18):
+        return -2
+    flg = np.int64(src[p + 4])
+    bd = np.int64(src[p + 5])
+    if (flg >> 6) != 1 or (flg & 3) != 0 or (bd & 0x8F) != 0 or ((bd >> 4) & 7) < 4:
+        return -3
+    q = p + 6 + 8 * ((flg >> 3) & 1)
+    if q + 1 > end:
+        return -1
+    if ((_xxh32_small(src, p + 4, q - p - 4) >> 8) & 0xFF) != src[q]:
+        return -10
+    return q + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _lz4_frame(src, p, end, out, early=False):
+    """Check the LZ4 frame src[p:end] and copy its first len(out) decoded bytes into out.
+
+    Returns the decoded size, or a negative code (see _LZ4_ERRORS); with early=True it stops
+    (returning len(out)) as soon as out is full, having checked only that far. Stricter than
+    the LZ4 library where the format's rules allow it (a zero match offset, the end-of-block
+    rules): valid encoders never produce those, and dv must never see an error the library
+    reports.
+    """
+    q = _lz4_frame_header(src, p, end)
+    if q < 0:
+        return q
+    flg = np.int64(src[p + 4])
+    block_max = np.int64(1) << (8 + 2 * ((np.int64(src[p + 5]) >> 4) & 7))
+    indep = (flg >> 5) & 1
+    bchk = (flg >> 4) & 1
+    cchk = (flg >> 2) & 1
+    limit = out.shape[0]
+    produced = np.int64(0)
+    while True:
+        if q + 4 > end:
+            return -4
+        bs = np.int64(src[q]) | (np.int64(src[q + 1]) << 8) | (np.int64(src[q + 2]) << 16) \
+            | (np.int64(src[q + 3]) << 24)
+        q += 4
+        if bs == 0:
+            break
+        raw = bs >> 31
+        bs &= 0x7FFFFFFF
+        if bs > block_max or q + bs + 4 * bchk > end:
+            return -5
+        if early and produced >= limit:
+            return limit
+        if raw:
+            for i in range(min(bs, max(limit - produced, 0))):
+                out[produced + i] = src[q + i]
+            produced += bs
+        else:
+            ip = q
+            iend = q + bs
+            op = produced
+            oend = produced + block_max
+            low = produced if indep else np.int64(0)
+            last_start = np.int64(-1)
+            last_end = np.int64(-1)
+            while True:
+                token = np.int64(src[ip])
+                ip += 1
+                n = token >> 4
+                if n == 15:
+                    while True:
+                        if ip >= iend:
+                            return -6
+                        b = np.int64(src[ip])
+                        ip += 1
+                        n += b
+                        if b != 255:
+                            break
+                if ip + n > iend or op + n > oend:
+                    return -6
+                for i in range(min(n, max(limit - op, 0))):
+                    out[op + i] = src[ip + i]
+                ip += n
+                op += n
+                if ip == iend:
+                    break
+                if ip + 2 > iend:
+                    return -7
+                off = np.int64(src[ip]) | (np.int64(src[ip + 1]) << 8)
+                ip += 2
+                if off == 0 or op - off < low:
+                    return -7
+                n = token & 15
+                if n == 15:
+                    while True:
+                        if ip >= iend:
+                            return -7
+                        b = np.int64(src[ip])
+                        ip += 1
+                        n += b
+                        if b != 255:
+                            break
+                n += 4
+                if op + n > oend or ip >= iend:
+                    return -7
+                for i in range(min(n, max(limit - op, 0))):
+                    out[op + i] = out[op + i - off]
+                last_start = op
+                op += n
+                last_end = op
+                if early and op >= limit:
+                    return limit
+            if last_end >= 0 and (last_end > op - 5 or last_start > op - 12):
+                return -8
+            produced = op
+        q += bs + 4 * bchk
+    q += 4 * cchk
+    if q != end:
+        return -9
+    return produced
+
+
+@numba.njit(cache=True, inline="always")
+def _u32(b, p):
+    return np.int64(b[p]) | (np.int64(b[p + 1]) << 8) | (np.int64(b[p + 2]) << 16) \
+        | (np.int64(b[p + 3]) << 24)
+
+
+@numba.njit(cache=True, inline="always")
+def _u16(b, p):
+    return np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fb_table(b, n, tbl, sizes):
+    """Table size of the flatbuffer table at tbl, -1 if it or a field (sizes[i] bytes each,
+    for the first len(sizes) fields) leaves b[:n]."""
+    if tbl < 0 or tbl + 4 > n:
+        return -1
+    soff = _u32(b, tbl)
+    if soff >= 2 ** 31:
+        soff -= 2 ** 32
+    vt = tbl - soff
+    if vt < 0 or vt + 4 > n:
+        return -1
+    vsize = _u16(b, vt)
+    tsize = _u16(b, vt + 2)
+    if vsize < 4 or (vsize & 1) or vt + vsize > n or tsize < 4 or tbl + tsize > n:
+        return -1
+    for i in range((vsize - 4) // 2):
+        fo = _u16(b, vt + 4 + 2 * i)
+        width = sizes[i] if i < sizes.shape[0] else 1
+        if fo != 0 and (fo < 4 or fo + width > tsize):
+            return -1
+    return tsize
+
+
+@numba.njit(cache=True, inline="always")
+def _fb_field(b, tbl, i):
+    vt_soff = _u32(b, tbl)
+    if vt_soff >= 2 ** 31:
+        vt_soff -= 2 ** 32
+    vt = tbl - vt_soff
+    if 4 + 2 * i >= _u16(b, vt):
+        return np.int64(0)
+    return _u16(b, vt + 4 + 2 * i)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fb_check(b, n, total, kind):
+    """Check the flatbuffer in b[:n] (the first n bytes of a `total`-byte packet): size prefix,
+    root table, and for known kinds the element vector against the packet size. 0 if sound."""
+    if total < 12 or n < 12 or _u32(b, 0) != total - 4:
+        return _FB_ERROR
+    if kind > 0 and _u32(b, 8) != _IDENTS[kind]:
+        return _FB_ERROR            # dv would quote the garbled type name in a bad-UTF-8 error
+    root = 4 + _u32(b, 4)
+    ptr4 = np.array([4], np.int64)
+    if _fb_table(b, n, root, ptr4) < 0:
+        return _FB_ERROR
+    if kind == 1 or kind == 3 or kind == 4:        # EVTS / IMUS / TRIG: elements vector
+        fo = _fb_field(b, root, 0)
+        if fo == 0:
+            return 0
+        vec = root + fo + _u32(b, root + fo)
+        if vec + 4 > n:
+            return _FB_ERROR
+        count = _u32(b, vec)
+        if kind == 1:
+            return 0 if vec + 4 + 16 * count <= total else _FB_ERROR
+        if vec + 4 + 4 * count > n:
+            return _FB_ERROR
+        if kind == 3:
+            sizes = np.array([8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4], np.int64)
+        else:
+            sizes = np.array([8, 1], np.int64)
+        for i in range(count):
+            slot = vec + 4 + 4 * i
+            if _fb_table(b, n, slot + _u32(b, slot), sizes) < 0:
+                return _FB_ERROR
+        return 0
+    if kind == 2:                                   # FRME: pixels vs sizeX * sizeY * channels
+        sizes = np.array([8, 8, 8, 8, 8, 1, 2, 2, 2, 2, 4, 8, 1], np.int64)
+        if _fb_table(b, n, root, sizes) < 0:
+            return _FB_ERROR
+        fmt = np.int64(0)
+        fo = _fb_field(b, root, 5)
+        if fo:
+            fmt = np.int64(b[root + fo])
+        sx = np.int64(0)
+        sy = np.int64(0)
+        fo = _fb_field(b, root, 6)
+        if fo:
+            sx = _u16(b, root + fo)
+        fo = _fb_field(b, root, 7)
+        if fo:
+            sy = _u16(b, root + fo)
+        if sx >= 32768 or sy >= 32768:
+            return _FB_ERROR
+        depth = fmt & 7
+        elem = 1 if depth <= 1 else (2 if depth <= 3 or depth == 7 else (4 if depth <= 5 else 8))
+        need = sx * sy * elem * (((fmt >> 3) & 511) + 1)
+        fo = _fb_field(b, root, 10)
+        if fo == 0:
+            return 0 if need == 0 else _FB_ERROR
+        vec = root + fo + _u32(b, root + fo)
+        if vec + 4 > n:
+            return _FB_ERROR
+        count = _u32(b, vec)
+        return 0 if count == need and vec + 4 + count <= n else _FB_ERROR
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_packets(src, offsets, sizes, kinds, compressed, progress, stop):
+    """Check packets in order; progress[0] = packets passed so far, progress[1] = the failing
+    packet index (-1 while none), progress[2] = its error code."""
+    head = np.zeros(EVENT_HEAD_BYTES, np.uint8)
+    for k in range(offsets.shape[0]):
+        if stop[0]:
+            return
+        p = offsets[k]
+        end = p + sizes[k]
+        kind = kinds[k]
+        if compressed:
+            if kind == 0 or kind == 1:
+                total = _lz4_walk(src, p, end)
+            else:
+                total = _lz4_frame(src, p, end, head)
+            if total >= 0 and kind != 0:
+                if kind == 1:
+                    _lz4_frame(src, p, end, head, True)
+                    code = _fb_check(head, min(total, EVENT_HEAD_BYTES), total, kind)
+                else:
+                    full = np.zeros(total, np.uint8)
+                    _lz4_frame(src, p, end, full)
+                    code = _fb_check(full, total, total, kind)
+                total = code if code < 0 else total
+        else:
+            total = _fb_check(src[p:end], sizes[k], sizes[k], kind) if kind != 0 else 0
+        if total < 0:
+            progress[1] = k
+            progress[2] = total
+            return
+        progress[0] = k + 1
+
+
+class PacketChecker:
+    """Runs _check_packets over a file (in a thread for big files) and answers "may dv read
+    packet k yet?" with wait(k): returns once packet k passed, raises SourceError if it failed."""
+
+    def __init__(self, path: str, lay: Layout, background: bool):
+        self.path = path
+        self.lay = lay
+        self.progress = np.array([0, -1, 0], np.int64)
+        self.stop = np.zeros(1, np.int64)
+        self.n = len(lay.offsets)
+        self._thread = None
+        if lay.compression in (3, 4) or self.n == 0:    # ZSTD: unchecked (see module doc)
+            self.progress[0] = self.n
+            return
+        kinds = np.array([KINDS.get(lay.streams[s].type, 0) if s in lay.streams else 0
+                          for s in lay.stream_ids.tolist()], np.int64)
+        self._args = (np.memmap(path, np.uint8, "r"), lay.offsets, lay.sizes, kinds,
+                      lay.compression in (1, 2), self.progress, self.stop)
+        if background:
+            self._thread = threading.Thread(target=self._run, name="aedat4-check", daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            _check_packets(*self._args)
+        finally:
+            self._args = None   # drop the memmap
+
+    def wait(self, k: int) -> None:
+        if k >= self.n:
+            return
+        pause = 0.0
+        while True:
+            finished = self._thread is None or not self._thread.is_alive()
+            bad, code = int(self.progress[1]), int(self.progress[2])
+            if 0 <= bad <= k:
+                self._fail(bad, code)
+            if int(self.progress[0]) > k:
+                return
+            if finished:
+                raise SourceError(f"{self.path}: packet check stopped before packet {k}")
+            time.sleep(pause)
+            pause = min(pause * 2 or 1e-5, 1e-3)
+
+    def wait_all(self) -> None:
+        self.wait(self.n - 1)
+
+    def _fail(self, k: int, code: int) -> None:
+        lay = self.lay
+        sid = int(lay.stream_ids[k])
+        name = lay.streams[sid].name if sid in lay.streams else f"stream {sid}"
+        what = "its contents are damaged (bad type tag or offsets)" if code == _FB_ERROR else \
+            _LZ4_ERRORS.get(code, f"error {code}")
+        raise SourceError(f"{self.path}: corrupt packet {k} ({name}) at byte "
+                          f"{int(lay.offsets[k]) - 8}: {what}")
+
+    def close(self) -> None:
+        self.stop[0] = 1
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,74 @@
+"""The `evstream` command itself: help for every subcommand, not-built commands, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evstream.cli import COMMANDS, _load
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "evstream", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_top_level_help_lists_every_subcommand():
+    r = cli("--help")
+    assert r.returncode == 0
+    for name in ("run", "replay", "record", "info", "train", "eval", "export", "synth", "bench"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_subcommand_has_help_with_examples(name):
+    r = cli(name, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "examples:" in r.stdout and f"evstream {name}" in r.stdout
+    if _load(name) is None:
+        assert "NOT BUILT YET" in r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(n for n in COMMANDS if _load(n) is None))
+def test_unbuilt_subcommand_says_so_and_exits_2(name):
+    r = cli(name)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"evstream {name}: error: `evstream {name}` is not built yet"]
+
+
+def test_bad_flag_value_is_one_line_exit_2():
+    r = cli("replay", "x.aedat4", "--no-model", "--speed", "fast")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_no_camera_names_what_it_looked_for_and_found():
+    r = cli("run", "--camera", "davis346", "--no-model")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "DAVIS346" in lines[0] and "devices found" in lines[0]
+
+
+def test_demo_writes_the_builtin_recording_and_summarises(tmp_path):
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)}
+    r = cli("demo", "--speed", "max", "--lossless", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["events_in"] == s["events_out"] == 500_000
+    assert s["dropped_events"] == 0 and s["windows"] == 50
+    assert (tmp_path / "evstream" / "demo-v1.aedat4").exists()
+
+
+@pytest.mark.parametrize("command", [["run", "--no-model"], ["record", "OUT.aedat4"]])
+def test_unknown_camera_model_is_one_line_exit_2(command, tmp_path):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    r = cli(*args, "--camera", "foo")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"evstream {command[0]}: error: camera:foo: unknown camera model 'foo' "
+        "(known: davis346, davis240, dvxplorer, dvxplorer-lite, dvs128, any)"]
+    assert not list(tmp_path.iterdir())   # record left nothing behind

@@ -73,7 +73,8 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     tmpdir = tempfile.mkdtemp(prefix="evstream-")
     ring = EventRing.create(cfg.source.ring_capacity_events)
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, ring_name=ring.name))
-    endpoints = {"control": f"ipc://{tmpdir}/control", "windows": f"ipc://{tmpdir}/windows"}
+    endpoints = {"control": f"ipc://{tmpdir}/control", "windows": f"ipc://{tmpdir}/windows",
+                 "side": f"ipc://{tmpdir}/side"}
     link = LauncherLink(endpoints["control"])
     procs: dict[str, mp.Process] = {}
     result = PipelineResult()
@@ -225,6 +226,10 @@ def _summarise(final: dict, source_info: dict) -> dict:
         "latency_ms": merge_latency(sink, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),
         "malformed_messages": int(sink.get("wire", {}).get("malformed", 0)),
+        "frames": c(sink, "frames_in"),
+        "imu": c(sink, "imu_in"),
+        "triggers": c(sink, "triggers_in"),
+        "dropped_side": c(src, "dropped_side"),
         "camera": source_info.get("camera", ""),
         "width": source_info.get("width", 0),
         "height": source_info.get("height", 0),

@@ -59,8 +59,7 @@ def config(spec, tmp_path=None, lossless=True, speed=None, **window) -> Pipeline
                                               ring_capacity_events=window.pop("ring", 1 << 20)),
                           window=WindowConfig(**window), lossless=lossless,
                           telemetry_interval_s=0,
-                          dump_windows=str(tmp_path / "w.npz") if tmp_path else "",
-                          slow_consumer_ms=window.pop("slow_ms", 0.0) if False else 0.0)
+                          dump_windows=str(tmp_path / "w.npz") if tmp_path else "")
 
 
 @pytest.mark.parametrize("name", [DAVIS, WHEEL])
@@ -83,6 +82,8 @@ def test_lossless_windows_equal_offline(realdata, tmp_path, name):
     assert s["events_in"] == len(events)
     assert s["events_out"] == sum(len(x.events) for x in offline) == len(events)
     assert s["dropped_events"] == 0 and s["dropped_windows"] == 0
+    if name == DAVIS:   # frames, IMU and triggers travel beside the events, all delivered
+        assert (s["frames"], s["imu"], s["triggers"]) == (3, 130, 15)
     assert shm_names() == before
 
 
@@ -107,16 +108,15 @@ def test_live_slow_consumer_drops_but_source_keeps_pace(tmp_path):
     from dataclasses import replace
 
     cfg = replace(cfg, slow_consumer_ms=60.0)
-    t0 = time.monotonic()
     res = run_pipeline(cfg)
-    wall = time.monotonic() - t0
     assert res.exit_code == 0, res.error
     s = res.summary
     assert s["events_in"] == 1_000_000
-    assert s["dropped_windows"] > 0
-    assert s["windows"] + s["dropped_windows"] == 100 or s["windows"] + s["dropped_windows"] <= 100
-    assert s["windows"] < 100
-    assert wall < 6.0
+    # 100 windows of 10 ms; a consumer taking 60 ms each cannot keep up: windows are dropped
+    assert s["dropped_windows"] > 0 and s["windows"] < 100
+    assert s["windows"] + s["dropped_windows"] <= 100
+    # had the source waited for the consumer, streaming would take >= 100 x 60 ms = 6 s
+    assert s["stream_s"] < 4.0
 
 
 def test_ring_overflow_lossless_waits_and_delivers_everything(tmp_path):

@@ -67,7 +67,8 @@ Bad input raises a one-line SourceError naming the file and the byte offset: no 
 the sensor or whose time goes backwards.
 
 Packets hold at most `chunk_records` records' worth of data (default 2^20: <= 1 Mi events).
-The decode is vectorised numpy (APS frame assembly is a numba state machine).
+The decode is vectorised numpy (APS frame assembly is a numba state machine in
+aps_frames.py).
 
 `write_aedat2(path, events, width, height, chip=..., imu=None, frames=None)` writes a valid jAER
 file (DAVIS or DVS128 layout) that this reader reads back exactly: times are stored modulo 2^32.
@@ -80,11 +81,11 @@ import os
 import re
 from dataclasses import dataclass, asdict
 
-import numba
 import numpy as np
 
-from evstream.errors import BadEventsError, SourceError
+from evstream.errors import SourceError
 from evstream.sources import register_reader
+from evstream.sources.aps_frames import ApsAssembler
 from evstream.sources.base import EventSource
 from evstream.types import EVENT_DTYPE, IMU_DTYPE, TRIGGER_DTYPE, Frame, Packet
 
@@ -238,108 +239,6 @@ def _parse_header_lines(h: Header) -> None:
         h.accel_g, h.gyro_dps, h.imu_scale_source = accel_cfg, gyro_cfg, "header IMU registers"
     if h.tick_us <= 0:
         h.tick_us = 1.0
-
-
-# -- APS frame assembly (numba state machine) ---------------------------------------------------
-
-# state slots
-_A_NRESET, _A_NSIGNAL = 0, 1                  # reads so far in the current frame
-_A_TFIRST_RESET, _A_TLAST_RESET, _A_TFIRST_SIGNAL, _A_TEXP = 2, 3, 4, 5
-_A_ACTIVE = 6                                  # 1 while a frame is being assembled
-_A_PREV_RC, _A_PREV_X, _A_PREV_Y = 7, 8, 9     # the previous APS read (raw coordinates)
-_A_INCOMPLETE, _A_IGNORED, _A_SEEN = 10, 11, 12
-_A_NSLOTS = 13
-
-
-def new_aps_state() -> np.ndarray:
-    st = np.zeros(_A_NSLOTS, np.int64)
-    st[_A_PREV_RC] = -1
-    return st
-
-
-@numba.njit(cache=True, nogil=True)
-def _is_corner(x, y, w, h):
-    return (x == 0 or x == w - 1) and (y == 0 or y == h - 1)
-
-
-@numba.njit(cache=True, nogil=True)
-def assemble_aps(addr, t, width, height, flip_y, reset_buf, signal_buf, st,
-                 out_img, out_t, out_exp):
-    """Feed APS words (uint32 addresses, int64 times) through the frame state machine.
-
-    reset_buf / signal_buf (int16 H x W) and st (new_aps_state()) carry a frame across calls.
-    Complete frames go to out_img[k] (uint8 H x W), out_t[k], out_exp[k]; returns their count.
-    The inputs are only read.
-    """
-    npix = width * height
-    n_out = 0
-    for i in range(addr.size):
-        a = addr[i]
-        rc = (a >> 10) & 3
-        xr = (a >> 12) & 0x3FF
-        yr = (a >> 22) & 0x1FF
-        if rc > 1 or xr >= width or yr >= height:
-            st[_A_IGNORED] += 1
-            continue
-        x = xr
-        y = height - 1 - yr if flip_y else yr
-        adc = a & 0x3FF
-        if rc == 0:
-            starts = False
-            if _is_corner(xr, yr, width, height):
-                if st[_A_SEEN] == 0:
-                    starts = True      # first APS read of the file, on a corner
-                elif (st[_A_PREV_RC] == 1 and st[_A_PREV_X] == width - 1 - xr
-                      and st[_A_PREV_Y] == height - 1 - yr):
-                    starts = True      # right after the opposite corner's signal read
-            if starts:
-                if st[_A_ACTIVE] == 1:
-                    st[_A_INCOMPLETE] += 1
-                st[_A_ACTIVE] = 1
-                st[_A_NRESET] = 0
-                st[_A_NSIGNAL] = 0
-                st[_A_TFIRST_RESET] = t[i]
-            if st[_A_ACTIVE] == 1:
-                if st[_A_NRESET] >= npix:          # more resets than pixels: lost sync
-                    st[_A_INCOMPLETE] += 1
-                    st[_A_ACTIVE] = 0
-                else:
-                    reset_buf[y, x] = adc
-                    st[_A_NRESET] += 1
-                    st[_A_TLAST_RESET] = t[i]
-            else:
-                st[_A_IGNORED] += 1
-        else:
-            if st[_A_ACTIVE] == 1:
-                if st[_A_NSIGNAL] == 0:
-                    st[_A_TFIRST_SIGNAL] = t[i]
-                    if st[_A_NRESET] >= npix:      # global shutter: all resets came first
-                        st[_A_TEXP] = st[_A_TLAST_RESET]
-                    else:                          # rolling shutter
-                        st[_A_TEXP] = st[_A_TFIRST_RESET]
-                signal_buf[y, x] = adc
-                st[_A_NSIGNAL] += 1
-                if st[_A_NSIGNAL] == npix:
-                    if st[_A_NRESET] == npix:
-                        for yy in range(height):
-                            for xx in range(width):
-                                v = np.int32(reset_buf[yy, xx]) - np.int32(signal_buf[yy, xx])
-                                if v < 0:
-                                    v = 0
-                                out_img[n_out, yy, xx] = np.uint8(v >> 2)
-                        out_t[n_out] = st[_A_TEXP]
-                        out_exp[n_out] = st[_A_TFIRST_SIGNAL] - st[_A_TEXP]
-                        n_out += 1
-                    else:
-                        st[_A_INCOMPLETE] += 1
-                    st[_A_ACTIVE] = 0
-            else:
-                st[_A_IGNORED] += 1
-        st[_A_SEEN] = 1
-        st[_A_PREV_RC] = rc
-        st[_A_PREV_X] = xr
-        st[_A_PREV_Y] = yr
-    return n_out
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -569,14 +468,14 @@ class Aedat2Source(EventSource):
             off = h.data_offset + self.n_records * self._rec.itemsize
             notes.append(f"{self._tail_bytes} trailing bytes at byte offset {off} are a partial "
                          f"{self._rec.itemsize}-byte record; ignored")
-        if self._aps is not None:
-            st = self._aps[2]
-            if st[_A_ACTIVE] == 1:
-                notes.append(f"the last APS frame is incomplete ({int(st[_A_NRESET])} reset and "
-                             f"{int(st[_A_NSIGNAL])} signal reads of {gw * gh}); dropped")
+        aps = self._aps
+        if aps is not None:
+            if aps.active:
+                notes.append(f"the last APS frame is incomplete ({aps.n_reset} reset and "
+                             f"{aps.n_signal} signal reads of {gw * gh}); dropped")
                 self.counts.aps_incomplete += 1
-            self.counts.aps_incomplete += int(st[_A_INCOMPLETE])
-            self.counts.aps_ignored += int(st[_A_IGNORED])
+            self.counts.aps_incomplete += aps.incomplete
+            self.counts.aps_ignored += aps.ignored
         if notes:
             self.truncated_note = "; ".join(notes)
             log.warning("%s: recording is truncated: %s", self.name, self.truncated_note)
@@ -617,18 +516,9 @@ class Aedat2Source(EventSource):
         is_aps = ~is_dvs & ~is_imu
         if is_aps.any():
             if self._aps is None:
-                self._aps = (np.zeros((gh, gw), np.int16), np.zeros((gh, gw), np.int16),
-                             new_aps_state())
-            rb, sb, st = self._aps
-            aa, at = a[is_aps], t[is_aps]
-            nmax = int(np.count_nonzero(((aa >> 10) & 3) == 1)) // (gw * gh) + 1
-            imgs = np.empty((nmax, gh, gw), np.uint8)
-            ft = np.empty(nmax, np.int64)
-            fe = np.empty(nmax, np.int64)
-            k = assemble_aps(aa, at, gw, gh, self.flip_y, rb, sb, st, imgs, ft, fe)
-            pkt.frames = [Frame(t_us=int(ft[i]), image=imgs[i].copy(), exposure_us=int(fe[i]))
-                          for i in range(k)]
-            self.counts.aps_frames += k
+                self._aps = ApsAssembler(gw, gh, self.flip_y)
+            pkt.frames = self._aps.feed(a[is_aps], t[is_aps])
+            self.counts.aps_frames += len(pkt.frames)
         return pkt, keep_from
 
     def _decode_dvs128(self, a, t, first, gw, gh):
@@ -660,17 +550,12 @@ class Aedat2Source(EventSource):
         self._where = (first, ev_mask, self._chunk_addr)   # to locate a bad event
         return ev
 
-    def check_events(self, ev: np.ndarray) -> np.ndarray:
-        """The base check, with the byte offset of the first bad record in its message."""
-        try:
-            return super().check_events(ev)
-        except BadEventsError as e:
-            i = first_bad_event(ev, self._last_t, self.width, self.height)
-            first, ev_mask, addr = self._where
-            j = i if ev_mask is None else int(np.flatnonzero(ev_mask)[i])
-            off = self.header.data_offset + (first + j) * self._rec.itemsize
-            where = f"byte offset {off} (address 0x{int(addr[j]):08x})"
-            raise BadEventsError(at_location(str(e), self.name, where)) from None
+    def locate(self, i: int) -> str:
+        """The byte offset and raw address of event i's record in the latest packet."""
+        first, ev_mask, addr = self._where
+        j = i if ev_mask is None else int(np.flatnonzero(ev_mask)[i])
+        off = self.header.data_offset + (first + j) * self._rec.itemsize
+        return f"byte offset {off} (address 0x{int(addr[j]):08x})"
 
     def _imu(self, a, t, starts) -> np.ndarray:
         out = np.zeros(len(starts), IMU_DTYPE)
@@ -698,24 +583,6 @@ class Aedat2Source(EventSource):
         if f is not None:
             f.close()
             self._f = None
-
-
-def first_bad_event(ev: np.ndarray, last_t: int, width: int, height: int) -> int:
-    """Index of the event EventSource.check_events complains about: the first one outside the
-    sensor if any is, else the first one older than everything before it."""
-    outside = (ev["x"] >= width) | (ev["y"] >= height)
-    if outside.any():
-        return int(np.argmax(outside))
-    t = ev["t"]
-    running = np.maximum.accumulate(np.concatenate(([last_t], t)))[:-1]
-    return int(np.argmax(t < running))
-
-
-def at_location(message: str, name: str, where: str) -> str:
-    """'<name>: rest' -> '<name>: at <where>: rest' (still one line)."""
-    prefix = f"{name}: "
-    rest = message[len(prefix):] if message.startswith(prefix) else message
-    return f"{name}: at {where}: {rest}"
 
 
 def _merge_triggers(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,9 +39,8 @@ import zipfile
 
 import numpy as np
 
-from evstream.errors import BadEventsError, SourceError
+from evstream.errors import SourceError
 from evstream.sources import register_reader
-from evstream.sources.aedat2 import at_location, first_bad_event
 from evstream.sources.base import EventSource
 from evstream.types import EVENT_DTYPE, Packet
 
@@ -318,13 +317,9 @@ class ArraySource(EventSource):
         # negative or huge coordinates become 65535: outside any sensor, so the check catches them
         return np.where((v < 0) | (v > 65535), 65535, v)
 
-    def check_events(self, ev: np.ndarray) -> np.ndarray:
-        """The base check, with the index of the first bad event in its message."""
-        try:
-            return super().check_events(ev)
-        except BadEventsError as e:
-            i = self._start + first_bad_event(ev, self._last_t, self.width, self.height)
-            raise BadEventsError(at_location(str(e), self.name, f"event index {i}")) from None
+    def locate(self, i: int) -> str:
+        """Event i of the latest packet as an index into the user's arrays."""
+        return f"event index {self._start + i}"
 
     def describe(self) -> dict:
         d = super().describe()

@@ -29,9 +29,8 @@ import os
 
 import numpy as np
 
-from evstream.errors import BadEventsError, SourceError
+from evstream.errors import SourceError
 from evstream.sources import register_reader
-from evstream.sources.aedat2 import at_location, first_bad_event
 from evstream.sources.base import EventSource
 from evstream.types import EVENT_DTYPE, Packet
 
@@ -140,16 +139,11 @@ class AtisBinSource(EventSource):
                                    f"partial 5-byte event; ignored")
             log.warning("%s: recording is truncated: %s", self.name, self.truncated_note)
 
-    def check_events(self, ev: np.ndarray) -> np.ndarray:
-        """The base check, with the byte offset of the first bad event in its message."""
-        try:
-            return super().check_events(ev)
-        except BadEventsError as e:
-            i = first_bad_event(ev, self._last_t, self.width, self.height)
-            first, keep = self._where
-            rec = first + (i if keep is None else int(np.flatnonzero(keep)[i]))
-            raise BadEventsError(at_location(str(e), self.name,
-                                             f"byte offset {rec * RECORD_BYTES}")) from None
+    def locate(self, i: int) -> str:
+        """The byte offset of event i's record in the latest packet."""
+        first, keep = self._where
+        rec = first + (i if keep is None else int(np.flatnonzero(keep)[i]))
+        return f"byte offset {rec * RECORD_BYTES}"
 
     def describe(self) -> dict:
         d = super().describe()

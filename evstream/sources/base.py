@@ -17,6 +17,8 @@ that is the `bad_events` policy, checked here in one place for every reader:
 - "drop": drop them, count them in `stats`, log once (default for live sources, where stopping
   the stream would lose more than the bad events).
 The check is vectorised and returns the input array untouched (no copy) when all is well.
+A reader that can say where an event came from (byte offset, event index) implements
+`locate(i)`; the BadEventsError message then starts "<name>: at <where>: ".
 """
 
 from __future__ import annotations
@@ -106,6 +108,13 @@ class EventSource(ABC):
     def close(self) -> None:
         """Release the underlying file/device/socket. Safe to call twice."""
 
+    def locate(self, i: int) -> str:
+        """Where event i of the packet being checked came from ("byte offset 1234", "event
+        index 56"), for the BadEventsError message; "" when the reader cannot say. Called only
+        while raising, from packets(), after `_read()` yielded that packet and before it is
+        resumed, so a reader may keep what it needs from its latest packet."""
+        return ""
+
     # -- what users call -------------------------------------------------------------------
     def packets(self) -> Iterator[Packet]:
         self._last_t = np.iinfo(np.int64).min      # a new pass over the source
@@ -165,29 +174,37 @@ class EventSource(ABC):
         if bad_order < 0 and bad_xy < 0:
             self._last_t = int(ev["t"][-1])
             return ev
-        return self._fix(ev, bad_order < 0, bad_xy < 0)
+        return self._fix(ev, bad_order, bad_xy)
 
-    def _fix(self, ev: np.ndarray, in_order: bool, inside: bool) -> np.ndarray:
+    def _at(self, i: int) -> str:
+        """The message's "<name>: " prefix, with "at <where>: " when the reader can say."""
+        where = self.locate(i)
+        return f"{self.name}: at {where}: " if where else f"{self.name}: "
+
+    def _fix(self, ev: np.ndarray, bad_order: int, bad_xy: int) -> np.ndarray:
+        """Apply the policy to a packet with bad events; bad_order / bad_xy are _first_bad's
+        indices (-1: none), which are also where "error" reports them."""
         keep = np.ones(len(ev), dtype=bool)
-        if not inside:
+        if bad_xy >= 0:
             outside = (ev["x"] >= self.width) | (ev["y"] >= self.height)
             if self.bad_events == "error":
-                i = int(np.argmax(outside))
+                i = bad_xy
                 raise BadEventsError(
-                    f"{self.name}: event at t={int(ev['t'][i])} us has x={int(ev['x'][i])}, "
+                    f"{self._at(i)}event at t={int(ev['t'][i])} us has x={int(ev['x'][i])}, "
                     f"y={int(ev['y'][i])}, outside the {self.width}x{self.height} sensor "
                     f"({int(outside.sum())} such events in this packet; "
                     f"use --bad-events drop or set the resolution)")
             keep &= ~outside
             self.stats.dropped_outside_sensor += int(outside.sum())
-        if not in_order:
+        if bad_order >= 0:
             # an event is out of order when it is older than every event delivered before it
+            # (the first such event is the first one older than its predecessor: bad_order)
             running = np.maximum.accumulate(np.concatenate(([self._last_t], ev["t"])))[:-1]
             late = ev["t"] < running
             if self.bad_events == "error":
-                i = int(np.argmax(late))
+                i = bad_order
                 raise BadEventsError(
-                    f"{self.name}: time goes backwards at event t={int(ev['t'][i])} us, after "
+                    f"{self._at(i)}time goes backwards at event t={int(ev['t'][i])} us, after "
                     f"t={int(running[i])} us ({int(late.sum())} late events in this packet; "
                     f"use --bad-events drop to drop them)")
             self.stats.dropped_out_of_order += int((late & keep).sum())

@@ -1,7 +1,9 @@
 """The source process: open a source, pace it, and write its events into the shared-memory ring.
 
-Frames, IMU and triggers do not go through the event ring; they are counted here (the viewer's
-side channel carries frames in a later stage of the design).
+Frames, IMU samples and triggers do not go through the event ring: they travel beside it on the
+`side` zmq endpoint (PUSH; the consumer binds), one message per frame and one per packet's IMU or
+trigger array, timestamped in the header. Lossless mode blocks on a full queue like the ring
+does; live mode drops and counts (`dropped_side`) instead of stalling the events.
 
 The source is opened inside this process (a camera handle or socket cannot cross processes), so a
 bad path or a missing camera is reported from here as a user error and the launcher exits 2.
@@ -37,12 +39,18 @@ def open_configured_source(cfg):
 
 
 def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
+    import zmq
+
     from evstream.stream.ring import EventRing
 
     with stage_context(endpoints, "source") as link:
         src = open_configured_source(cfg.source)
         ring = EventRing.attach(cfg.source.ring_name)
         writer = ring.writer("lossless" if cfg.lossless else "live")
+        side = zmq.Context.instance().socket(zmq.PUSH)
+        side.setsockopt(zmq.SNDHWM, 256)
+        side.setsockopt(zmq.LINGER, 1000)
+        side.connect(endpoints["side"])
         tel = StageTelemetry("source")
         try:
             link.ready(width=src.width, height=src.height, camera=src.camera, live=src.live,
@@ -56,8 +64,8 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if len(ev):
                     _write(writer, ev, link)
                     tel.count("events_out", len(ev))
-                tel.count("frames", len(pkt.frames))
-                tel.count("imu", len(pkt.imu))
+                if pkt.frames or len(pkt.imu) or len(pkt.triggers):
+                    _send_side(side, pkt, cfg, tel)
                 now = time.monotonic()
                 if now >= next_report:
                     link.telemetry(_snapshot(tel, src))
@@ -67,6 +75,29 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             src.close()
             link.telemetry(_snapshot(tel, src), final=True)
             ring.close()
+            side.close()
+
+
+def _send_side(sock, pkt, cfg, tel) -> None:
+    import zmq
+
+    from evstream.stream import wire
+
+    flags = 0 if cfg.lossless else zmq.NOBLOCK
+    items = [("frame", f.t_us, f.t_us, [f.image], {"exposure_us": int(f.exposure_us)})
+             for f in pkt.frames]
+    for kind, arr in (("imu", pkt.imu), ("trigger", pkt.triggers)):
+        if len(arr):
+            items.append((kind, int(arr["t"][0]), int(arr["t"][-1]), [arr], {}))
+    for kind, t0, t1, arrays, meta in items:
+        header = {"kind": kind, "stream": cfg.stream_id, "t0_us": int(t0), "t1_us": int(t1),
+                  "meta": meta}
+        n = len(arrays[0]) if kind != "frame" else 1
+        try:
+            wire.send(sock, kind.encode(), header, arrays, flags=flags)
+            tel.count(f"{kind}s_out" if kind != "imu" else "imu_out", n)
+        except zmq.Again:
+            tel.count("dropped_side", n)
 
 
 def _write(writer, ev, link) -> None:

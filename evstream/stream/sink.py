@@ -1,5 +1,7 @@
 """The sink process: the consumer of `replay --no-model`. Receives windows, validates them,
-measures latency from window end to delivery, and counts.
+measures latency from window end to delivery, and counts; frames, IMU and triggers arrive on the
+`side` endpoint and are counted (after the end of the event stream the side queue is drained, so
+a lossless run delivers every one).
 
 Live mode keeps only the newest window per stream: each wake-up drains everything queued and
 processes the newest message of each stream, counting the rest as dropped. Lossless mode
@@ -57,6 +59,13 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         sock.setsockopt(zmq.RCVHWM, 16 if cfg.lossless else 4)
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(endpoints["windows"])
+        side = zmq.Context.instance().socket(zmq.PULL)
+        side.setsockopt(zmq.RCVHWM, 256)
+        side.setsockopt(zmq.LINGER, 0)
+        side.bind(endpoints["side"])
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(side, zmq.POLLIN)
         stats = wire.WireStats()
         tel = StageTelemetry("sink")
         dumped: list[tuple[int, int, np.ndarray]] = []
@@ -66,7 +75,14 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             next_report = time.monotonic() + cfg.telemetry_interval_s / 2
             eos = False
             while not eos:
-                msgs, stale = drain_newest(sock, stats, 20, cfg.lossless)
+                ready = dict(poller.poll(20))
+                if side in ready:
+                    _count_side(side, stats, tel, 0)
+                if sock not in ready:
+                    if link.should_stop():
+                        break
+                    continue
+                msgs, stale = drain_newest(sock, stats, 0, cfg.lossless)
                 if stale:
                     tel.count("dropped_windows", stale)
                 for m in msgs:
@@ -86,11 +102,30 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if time.monotonic() >= next_report:
                     link.telemetry(_snap(tel, stats))
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
+            if eos:
+                _count_side(side, stats, tel, 50)     # what is still in flight beside the events
             if cfg.dump_windows:
                 _dump(cfg.dump_windows, dumped)
         finally:
             link.telemetry(_snap(tel, stats), final=True)
             sock.close()
+            side.close()
+
+
+def _count_side(side, stats, tel, quiet_ms: int) -> None:
+    """Receive every queued side message; with quiet_ms, until none came for that long."""
+    from evstream.stream import wire
+
+    names = {"frame": "frames_in", "imu": "imu_in", "trigger": "triggers_in"}
+    while True:
+        m = wire.recv(side, quiet_ms, stats)
+        if m is None:
+            return
+        name = names.get(m.header.get("kind"))
+        if name is None:
+            stats.malformed += 1
+            continue
+        tel.count(name, 1 if name == "frames_in" else len(m.arrays[0]) if m.arrays else 0)
 
 
 def _snap(tel, stats) -> dict:

@@ -164,7 +164,8 @@ def test_bad_source_is_a_one_line_user_error(tmp_path):
     assert "missing.aedat4" in r.stderr
 
 
-def test_ctrl_c_stops_everything_within_a_second():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_everything_within_a_second(sig):
     p = subprocess.Popen([sys.executable, "-m", "evstream", "replay",
                           "synthetic:?seed=2&rate=5e5&duration=60", "--no-model",
                           "--status-every", "0"],
@@ -176,7 +177,7 @@ def test_ctrl_c_stops_everything_within_a_second():
     time.sleep(1.0)   # let it stream for a moment
     kids = children_of(p.pid)
     t0 = time.monotonic()
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=10)
     took = time.monotonic() - t0
     assert p.returncode == 0, err
@@ -223,3 +224,27 @@ def test_garbage_on_the_window_socket_is_dropped_and_counted(realdata, tmp_path)
         n = sum(len(e) for e in src)
     assert res.summary["events_out"] == n
     assert res.summary["malformed_messages"] == 5
+
+
+def test_sparse_scene_windows_close_on_the_deadline(tmp_path, events_factory):
+    """Two bursts 2 s apart, replayed in real time: the windows of the first burst and the empty
+    ones after it are delivered as time passes (deadline), not when the second burst arrives."""
+    from evstream.sources.arrays import write_npz
+    ev = concat_events([events_factory(2000, duration_us=20_000, seed=1),
+                        events_factory(2000, t0=2_000_000, duration_us=20_000, seed=2)])
+    path = tmp_path / "sparse.npz"
+    write_npz(str(path), ev, 346, 260)
+    cfg = config(str(path), tmp_path, lossless=False, speed=1.0, window_us=50_000,
+                 deadline_ms=10.0)
+    res = run_pipeline(cfg)
+    assert res.exit_code == 0, res.error
+    got = np.load(tmp_path / "w.npz")
+    t0, recv = got["t0_us"], got["recv_ns"]
+    assert len(t0) == 41 and res.summary["dropped_windows"] == 0   # 40 in the gap, 1 at the end
+    first_burst = recv[0]
+    second_burst = recv[t0 >= 2_000_000][0]
+    assert (second_burst - first_burst) / 1e9 > 1.7      # delivered long before the next events
+    # empty windows in the gap went out one by one as time passed, about 50 ms apart
+    gaps = np.diff(recv[(t0 > 0) & (t0 < 1_900_000)]) / 1e6
+    assert np.median(gaps) == pytest.approx(50, abs=15)
+    assert res.summary["events_out"] == 4000

@@ -96,7 +96,8 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     tel.count("windows_in", 1)
                     tel.count("events_in", int(h.get("meta", {}).get("events", 0)))
                     if cfg.dump_windows:
-                        dumped.append((h["t0_us"], h["t1_us"], np.array(m.arrays[0])))
+                        dumped.append((h["t0_us"], h["t1_us"], np.array(m.arrays[0]),
+                                       time.monotonic_ns()))
                 if link.should_stop():
                     break
                 if time.monotonic() >= next_report:
@@ -137,8 +138,9 @@ def _snap(tel, stats) -> dict:
 def _dump(path: str, dumped) -> None:
     if not dumped:
         np.savez(path, t0_us=np.zeros(0, np.int64), t1_us=np.zeros(0, np.int64),
-                 windows=np.zeros((0,), np.float32))
+                 windows=np.zeros((0,), np.float32), recv_ns=np.zeros(0, np.int64))
         return
     np.savez(path, t0_us=np.array([d[0] for d in dumped], np.int64),
              t1_us=np.array([d[1] for d in dumped], np.int64),
-             windows=np.stack([d[2] for d in dumped]))
+             windows=np.stack([d[2] for d in dumped]),
+             recv_ns=np.array([d[3] for d in dumped], np.int64))

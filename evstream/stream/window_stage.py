@@ -165,6 +165,8 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     break
                 if time.monotonic() >= next_report:
                     tel.gauge("ring_lost_events", reader.lost)
+                    tel.gauge("ring_lag_events", reader.lag())      # queue depth of the ring
+                    tel.gauge("buffered_events", windower.buffered_events)
                     link.telemetry(tel.snapshot())
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
             # tell the consumer the stream ended (blocking briefly even in live mode)

@@ -148,7 +148,8 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
 
 
 def _supervise(cfg, link, procs, result, status, state: _State) -> None:
-    started = False
+    started = drain_sent = False
+    upstream = {"source", "window"}
     interval = cfg.telemetry_interval_s
     next_line = time.monotonic() + interval if interval else float("inf")
     while len(state.done) < len(procs) and not result.exit_code:
@@ -161,6 +162,10 @@ def _supervise(cfg, link, procs, result, status, state: _State) -> None:
                 link.send(name, "start", info=state.ready["source"])
             started = True
             state.t_streaming = time.monotonic()
+        if not drain_sent and upstream <= state.done:
+            for name in set(procs) - state.done:    # the consumer: finish what is queued
+                link.send(name, "drain")
+            drain_sent = True
         # a stage that died without a word (killed, segfault), or crashed while exiting
         for name, p in procs.items():
             if p.exitcode is not None and p.exitcode != 0 and not result.exit_code:
@@ -215,6 +220,8 @@ def _summarise(final: dict, source_info: dict) -> dict:
     sink = final.get("sink", {})
     c = lambda snap, key: int(snap.get("counters", {}).get(key, 0))  # noqa: E731
     src_stats = src.get("source", {})
+    # events lost before windowing: ring overrun (live), source-level drops (out of order,
+    # outside the sensor, network queue overflow)
     dropped_events = (c(win, "dropped_events") + int(src_stats.get("dropped_out_of_order", 0))
                       + int(src_stats.get("dropped_outside_sensor", 0)) + int(src_stats.get("lost", 0)))
     out = {
@@ -223,6 +230,8 @@ def _summarise(final: dict, source_info: dict) -> dict:
         "windows": c(sink, "windows_in"),
         "dropped_events": dropped_events,
         "dropped_windows": c(win, "dropped_windows") + c(sink, "dropped_windows"),
+        # events inside windows that were built but not delivered (live mode: newest wins)
+        "dropped_window_events": c(win, "dropped_window_events") + c(sink, "dropped_window_events"),
         "latency_ms": merge_latency(sink, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),
         "malformed_messages": int(sink.get("wire", {}).get("malformed", 0)),

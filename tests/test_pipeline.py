@@ -248,3 +248,19 @@ def test_sparse_scene_windows_close_on_the_deadline(tmp_path, events_factory):
     gaps = np.diff(recv[(t0 > 0) & (t0 < 1_900_000)]) / 1e6
     assert np.median(gaps) == pytest.approx(50, abs=15)
     assert res.summary["events_out"] == 4000
+
+
+def test_live_replay_at_max_speed_with_slow_consumer_ends(realdata):
+    """Live mode floods a slow consumer: windows are dropped (counted) and the end-of-stream
+    message may be dropped too; the pipeline still ends (the launcher drains the consumer)."""
+    from dataclasses import replace
+
+    cfg = replace(config(str(realdata / WHEEL), lossless=False, speed=None, window_us=5_000),
+                  slow_consumer_ms=20.0)
+    t0 = time.monotonic()
+    res = run_pipeline(cfg)
+    assert res.exit_code == 0, res.error
+    s = res.summary
+    assert s["dropped_windows"] > 0 and s["windows"] >= 1
+    assert s["events_in"] == 46_402 and s["dropped_events"] == 0
+    assert time.monotonic() - t0 < 30

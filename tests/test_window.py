@@ -1,7 +1,10 @@
 """Time and count windows: definitions, incremental == offline for any batch split, deadlines
-(advance), end of stream, memory bound, and the view/copy contract."""
+(advance), end of stream, memory bound, the view/copy contract, and reuse_buffers (windows
+valid until the next push, no allocation in steady state)."""
 
 from __future__ import annotations
+
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -264,6 +267,101 @@ def test_views_are_read_only_and_never_change():
         assert not w.events.flags.writeable
         np.testing.assert_array_equal(w.events, snapshot)
     assert summary([w for w, _ in held]) == summary(windows_offline(ev, spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# reuse_buffers=True: windows valid until the next push, no allocation in steady state
+
+def stream_consuming(events, spec, batches, t0_us=None, advance=False):
+    """stream() with reuse_buffers=True, copying each window's events out as soon as it is
+    emitted (all that mode promises). Also counts how the buffer moved: compactions into the
+    spare array, and moves into a freshly allocated (larger) one."""
+    win = Windower(spec, t0_us=t0_us, reuse_buffers=True)
+    out = []
+    into_spare = into_new = 0
+    arr = spare = None
+    bounds = np.cumsum([0, *batches])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        out += summary(win.push(events[lo:hi]))
+        if win._buf.arr is not arr:
+            if arr is not None:
+                if win._buf.arr is spare:
+                    into_spare += 1
+                else:
+                    into_new += 1
+            arr, spare = win._buf.arr, win._buf.spare
+        if advance and hi < len(events):
+            out += summary(win.advance(int(events["t"][hi])))
+    out += summary(win.finish())
+    return out, win, into_spare, into_new
+
+
+REUSE_CASES = [(WindowSpec(window_us=5_000, stride_us=2_000), None),
+               (WindowSpec(window_us=200_000, stride_us=50_000), 990_000),
+               (WindowSpec(mode="count", count=1000, stride_count=300), None),
+               (WindowSpec(mode="count", count=50, stride_count=700), None)]
+
+
+@pytest.mark.parametrize("spec,t0_us", REUSE_CASES,
+                         ids=[f"{s.mode}-{s.length}-{s.stride}-t0={t0}" for s, t0 in REUSE_CASES])
+def test_reused_buffers_consumed_at_once_give_the_offline_windows(spec, t0_us):
+    ev = bursty_events(30_000, seed=9)
+    n = len(ev)
+    expected = summary(windows_offline(ev, spec, t0_us=t0_us))
+    cases = splits(n, np.random.default_rng(10))
+    ramp = [int(16 * 1.5 ** k) for k in range(16)]         # each batch larger: the buffer grows
+    cases["growing batches"] = [*ramp, n - sum(ramp)]
+    cases["steady batches"] = [97] * (n // 97) + [n % 97]
+    into_spare = into_new = 0
+    for name, batches in cases.items():
+        for advance in (False, True):
+            got, win, spare, new = stream_consuming(ev, spec, batches, t0_us, advance)
+            assert got == expected, (name, advance)
+            assert win.late_events == 0 and win.events_in == n
+            into_spare += spare
+            into_new += new
+    # the splits did exercise both paths, many times: compaction into the spare array and
+    # growth into a fresh one
+    assert into_spare >= 25 and into_new >= 10, (into_spare, into_new)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_reused_buffers_stop_allocating_in_steady_state(reuse):
+    """After warm-up, pushes at a steady rate only alternate between the same two arrays and
+    allocate nothing buffer-sized (tracemalloc sees numpy's data allocations). Without
+    reuse_buffers every compaction allocates: the same measurement fails."""
+    spec = WindowSpec(window_us=50_000, stride_us=25_000)
+    win = Windower(spec, reuse_buffers=reuse)
+    ev = random_events(800_000, duration_us=20_000_000, seed=8)      # 40 events per ms
+    batches = [ev[lo:lo + 1_000] for lo in range(0, len(ev), 1_000)]
+    for b in batches[:250]:                               # warm-up: the buffers reach their size
+        win.push(b)
+    seen = [win._buf.arr, win._buf.spare]      # kept alive, so identities are not recycled
+    buffer_bytes = win._buf.arr.nbytes
+    moves = new_arrays = n_windows = 0
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for b in batches[250:]:
+            prev = win._buf.arr
+            for w in win.push(b):
+                n_windows += 1
+                assert len(w.events) > 1_500              # consumed here, before the next push
+            moves += win._buf.arr is not prev
+            if not any(win._buf.arr is a for a in seen):
+                seen.append(win._buf.arr)
+                new_arrays += 1
+        peak_bytes = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert n_windows > 200 and moves > 50                 # the buffer did compact, often
+    if reuse:
+        # the two arrays alternate; a new peak in window size may grow them once (two arrays)
+        assert new_arrays <= 2, new_arrays
+        assert peak_bytes < 4 * buffer_bytes, (peak_bytes, buffer_bytes)
+    else:
+        assert new_arrays > 50 and peak_bytes > buffer_bytes
 
 
 def test_offline_windows_are_views_into_the_input():

@@ -132,8 +132,11 @@ def format_summary(s: dict) -> str:
         f"source      {s.get('camera', '')} {s.get('width')}x{s.get('height')}",
         f"events      in {s['events_in']:,}  delivered in windows {s['events_out']:,}  "
         f"({rate:.2f} M ev/s over {s['stream_s']:.2f} s streaming, {s['wall_s']:.2f} s in all)",
-        f"windows     {s['windows']:,} delivered, {s['dropped_windows']:,} dropped; "
-        f"{s['dropped_events']:,} events dropped",
+        f"windows     {s['windows']:,} delivered, {s['dropped_windows']:,} dropped (live mode "
+        f"keeps the newest; {s.get('dropped_window_events', 0):,} events in them)",
+        f"drops       {s['dropped_events']:,} events lost before windowing",
+        f"side        frames {s.get('frames', 0):,}  imu {s.get('imu', 0):,}  "
+        f"triggers {s.get('triggers', 0):,}  (dropped {s.get('dropped_side', 0):,})",
         f"latency     window end -> delivery p50 {lat.get('p50', 0):.2f} ms  "
         f"p99 {lat.get('p99', 0):.2f} ms  max {lat.get('max', 0):.2f} ms",
     ]

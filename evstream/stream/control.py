@@ -9,6 +9,9 @@ name. Messages are single JSON frames `{"kind": ..., ...}`:
                         error {message, traceback, user}   the stage failed
     launcher -> stage   start {info}       every stage is ready: go (info carries the sensor size)
                         stop {}            finish now (Ctrl-C, another stage failed)
+                        drain {}           every upstream stage is done: finish what is queued,
+                                           then end (the end-of-stream message on the data
+                                           socket may have been dropped in live mode)
 
 Start-up is a handshake, never a sleep: stages report `ready`, the launcher answers `start` only
 when all have. Because the channel is zmq, a stage may live on another host.
@@ -38,6 +41,7 @@ class StageLink:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(control_url)
         self.stopping = False
+        self.draining = False
 
     def send(self, kind: str, **payload) -> None:
         self.sock.send(json.dumps({"kind": kind, **payload}).encode())
@@ -62,8 +66,11 @@ class StageLink:
     def should_stop(self) -> bool:
         """Non-blocking: has the launcher asked us to stop?"""
         while not self.stopping and self.sock.poll(0):
-            if json.loads(self.sock.recv())["kind"] == "stop":
+            kind = json.loads(self.sock.recv())["kind"]
+            if kind == "stop":
                 self.stopping = True
+            elif kind == "drain":
+                self.draining = True
         return self.stopping
 
     def telemetry(self, snapshot: dict, final: bool = False) -> None:

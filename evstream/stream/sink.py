@@ -25,13 +25,13 @@ from evstream.stream.telemetry import StageTelemetry
 def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
     """Receive what is queued; lossless: all messages in order; live: newest per stream.
 
-    Returns (messages, n_stale) where stale messages are the ones live mode skipped.
+    Returns (messages, stale) where stale are the messages live mode skipped.
     """
     from evstream.stream import wire
 
     msg = wire.recv(sock, first_timeout_ms, stats)
     if msg is None:
-        return [], 0
+        return [], []
     msgs = [msg]
     while True:
         m = wire.recv(sock, 0, stats)
@@ -39,7 +39,7 @@ def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
             break
         msgs.append(m)
     if lossless:
-        return msgs, 0
+        return msgs, []
     newest: dict[str, object] = {}
     controls = []
     for m in msgs:
@@ -48,7 +48,9 @@ def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
         else:
             controls.append(m)
     keep = list(newest.values()) + controls
-    return keep, len(msgs) - len(keep)
+    kept = {id(m) for m in keep}
+    stale = [m for m in msgs if id(m) not in kept]
+    return keep, stale
 
 
 def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
@@ -81,10 +83,14 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if sock not in ready:
                     if link.should_stop():
                         break
+                    if link.draining:          # upstream is done and nothing more is queued
+                        eos = True
                     continue
                 msgs, stale = drain_newest(sock, stats, 0, cfg.lossless)
                 if stale:
-                    tel.count("dropped_windows", stale)
+                    tel.count("dropped_windows", len(stale))
+                    tel.count("dropped_window_events",
+                              sum(int(m.header.get("meta", {}).get("events", 0)) for m in stale))
                 for m in msgs:
                     h = m.header
                     if h.get("kind") == "control":

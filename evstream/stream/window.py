@@ -134,10 +134,12 @@ class _Buffer:
             # never write over emitted views: move the live part into a fresh array
             live = self.tail - self.head
             want = max(_MIN_CAPACITY, 2 * (live + n))
-            if self.reuse and self.spare is not None and len(self.spare) >= live + n:
+            # reuse the spare only with headroom (>= 1.5x what must fit), so compactions stay
+            # rare: a tight fit would compact (and copy the open window) on every other push
+            if self.reuse and self.spare is not None and 2 * len(self.spare) >= 3 * (live + n):
                 fresh = self.spare
-            else:
-                fresh = np.zeros(want, self.arr.dtype)
+            else:      # with reuse, never smaller than the array it replaces: sizes converge
+                fresh = np.zeros(max(want, len(self.arr)) if self.reuse else want, self.arr.dtype)
             if self.reuse:
                 self.spare = self.arr
             _copy(fresh[:live], self.arr[self.head:self.tail])

@@ -131,7 +131,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     except zmq.Again:
                         pool.sent(buf, None)
                         tel.count("dropped_windows", 1)
-                        tel.count("dropped_events", len(w.events))
+                        tel.count("dropped_window_events", len(w.events))
                         continue
                     pool.sent(buf, tracker)
                     tel.count("busy_send_us", (time.perf_counter_ns() - t_b) // 1000)
@@ -169,12 +169,13 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     tel.gauge("buffered_events", windower.buffered_events)
                     link.telemetry(tel.snapshot())
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
-            # tell the consumer the stream ended (blocking briefly even in live mode)
+            # tell the consumer the stream ended: waiting up to 1 s even in live mode (if it is
+            # lost anyway, the launcher's `drain` ends the consumer)
+            sock.setsockopt(zmq.SNDTIMEO, 1000)
             try:
                 wire.send(sock, b"window", {"kind": "control", "stream": cfg.stream_id,
                                             "seq": seq, "t0_us": 0, "t1_us": 0,
-                                            "meta": {"eos": True}}, [],
-                          flags=zmq.NOBLOCK if not cfg.lossless else 0)
+                                            "meta": {"eos": True}}, [])
             except zmq.Again:
                 pass
         finally:

@@ -73,6 +73,7 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         finally:
             writer.close_stream()
             src.close()
+            _side_eos(side, cfg)
             link.telemetry(_snapshot(tel, src), final=True)
             ring.close()
             side.close()
@@ -98,6 +99,21 @@ def _send_side(sock, pkt, cfg, tel) -> None:
             tel.count(f"{kind}s_out" if kind != "imu" else "imu_out", n)
         except zmq.Again:
             tel.count("dropped_side", n)
+
+
+def _side_eos(sock, cfg) -> None:
+    """End of the side stream, so the consumer knows when it has every frame (waits up to 1 s
+    for a full queue, even in live mode)."""
+    import zmq
+
+    from evstream.stream import wire
+
+    sock.setsockopt(zmq.SNDTIMEO, 1000)
+    try:
+        wire.send(sock, b"control", {"kind": "control", "stream": cfg.stream_id,
+                                     "meta": {"eos": True}}, [])
+    except zmq.Again:
+        pass
 
 
 def _write(writer, ev, link) -> None:

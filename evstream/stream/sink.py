@@ -75,11 +75,13 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             link.ready()
             link.wait_start()
             next_report = time.monotonic() + cfg.telemetry_interval_s / 2
-            eos = False
+            eos = side_done = False
             while not eos:
                 ready = dict(poller.poll(20))
-                if side in ready:
-                    _count_side(side, stats, tel, 0)
+                if side in ready and not side_done:
+                    side_done = _count_side(side, stats, tel, 0)
+                    if side_done:
+                        poller.unregister(side)
                 if sock not in ready:
                     if link.should_stop():
                         break
@@ -109,8 +111,8 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if time.monotonic() >= next_report:
                     link.telemetry(_snap(tel, stats))
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
-            if eos:
-                _count_side(side, stats, tel, 50)     # what is still in flight beside the events
+            if eos and not side_done:
+                _count_side(side, stats, tel, 1000)   # what is still in flight beside the events
             if cfg.dump_windows:
                 _dump(cfg.dump_windows, dumped)
         finally:
@@ -119,15 +121,21 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             side.close()
 
 
-def _count_side(side, stats, tel, quiet_ms: int) -> None:
-    """Receive every queued side message; with quiet_ms, until none came for that long."""
+def _count_side(side, stats, tel, wait_ms: int) -> bool:
+    """Receive every queued side message; with wait_ms, until the source's end-of-stream
+    message arrives (or nothing came for that long: it may have been dropped). True once the
+    end-of-stream message was received."""
     from evstream.stream import wire
 
     names = {"frame": "frames_in", "imu": "imu_in", "trigger": "triggers_in"}
     while True:
-        m = wire.recv(side, quiet_ms, stats)
+        m = wire.recv(side, wait_ms, stats)
         if m is None:
-            return
+            return False
+        if m.header.get("kind") == "control":
+            if m.header.get("meta", {}).get("eos"):
+                return True
+            continue
         name = names.get(m.header.get("kind"))
         if name is None:
             stats.malformed += 1

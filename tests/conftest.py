@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 
 from evstream.types import EVENT_DTYPE
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +38,19 @@ def random_events(n: int, width: int = 346, height: int = 260, t0: int = 0,
 @pytest.fixture
 def events_factory():
     return random_events
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """evstream's CLI in this process (fast): (exit code, stdout, stderr). Tests that need the
+    real entry point use run_evstream."""
+    from evstream.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_evstream(*args, timeout=120) -> subprocess.CompletedProcess:
+    """`python -m evstream ARGS` in a child process from the checkout root, text output captured."""
+    return subprocess.run([sys.executable, "-m", "evstream", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)

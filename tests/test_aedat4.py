@@ -332,7 +332,9 @@ def test_evstream_writes_dv_reads(realdata, tmp_path):
     assert dv_trig == [(int(t), int(k)) for t, k in trig.tolist()]
     assert w.counts == {"events": len(ev), "frames": 3, "imu": 130, "triggers": 15}
     # a dv LZ4 file: compressed about as well as DV's own
-    assert os.path.getsize(out) < 1.2 * os.path.getsize(aedat4(realdata))
+    size, ref = os.path.getsize(out), os.path.getsize(aedat4(realdata))
+    # seen to fail once under heavy parallel load, never reproduced: say what was written
+    assert size < 1.2 * ref, (size, ref, list(read_layout(out).offsets))
 
 
 def test_dv_writes_evstream_reads(tmp_path):

@@ -4,16 +4,14 @@ formats through the same generic path, bad input (one stderr line, exit 2), the 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_cli
+from conftest import run_evstream as evstream
 from evstream.commands.info import PeakRate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # MANIFEST.md: events, ON, OFF, frames, IMU, triggers, camera, width, height, first, last event
 AEDAT4 = {
@@ -30,20 +28,6 @@ AEDAT4 = {
         (46_402, 26_243, 20_159, 0, 0, 0, "DAVIS346_00000305", 346, 260,
          1732617333465004, 1732617335045631),
 }
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """evstream's CLI in this process (fast); the subprocess tests cover the real entry point."""
-    from evstream.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def evstream(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "evstream", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.parametrize("name", list(AEDAT4))

@@ -9,29 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, run_cli
+from conftest import run_evstream as evstream
 from evstream.sources import open_source
 from evstream.types import EVENT_DTYPE
-
-ROOT = Path(__file__).resolve().parents[1]
 DAVIS = "davis346_aestream_davis.aedat4"
-
-
-def run_cli(capsys, *args):
-    from evstream.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def evstream(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "evstream", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def everything(path, **options):

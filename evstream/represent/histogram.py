@@ -27,13 +27,19 @@ from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy, 
                                          register_representation)
 
 
-def histogram_numpy(events: np.ndarray, height: int, width: int, normalize: bool = False,
-                    out: np.ndarray | None = None) -> np.ndarray:
-    """Polarity count histogram (2, height, width) float32; channel 0 OFF, 1 ON (reference)."""
+def _zeroed_hist(events, height, width, out) -> tuple[np.ndarray, int, int]:
+    """Check the arguments both forms take; -> (zeroed (2, H, W) output, height, width)."""
     check_events(events)
     height, width = check_size(height, width)
     hist = check_out(out, (2, height, width))
     hist.fill(0)
+    return hist, height, width
+
+
+def histogram_numpy(events: np.ndarray, height: int, width: int, normalize: bool = False,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Polarity count histogram (2, height, width) float32; channel 0 OFF, 1 ON (reference)."""
+    hist, height, width = _zeroed_hist(events, height, width, out)
     if len(events) == 0:
         return hist
     x = events["x"].astype(np.int64)
@@ -88,10 +94,7 @@ def histogram(events: np.ndarray, height: int, width: int, normalize: bool = Fal
 
     `normalize=True` divides each channel by its own maximum. Writes into `out` when given.
     """
-    check_events(events)
-    height, width = check_size(height, width)
-    hist = check_out(out, (2, height, width))
-    hist.fill(0)
+    hist, height, width = _zeroed_hist(events, height, width, out)
     if len(events) == 0:
         return hist
     code, index = _histogram_kernel(events, height, width, hist.reshape(-1))
@@ -110,29 +113,20 @@ class PolarityHistogram:
 
     requires_sorted = False
     test_params = ({},)
+    normalize = False
 
     def channels(self) -> int:
         return 2
 
     def compute(self, events, height, width, out=None):
-        return histogram(events, height, width, out=out)
+        return histogram(events, height, width, normalize=self.normalize, out=out)
 
     def compute_numpy(self, events, height, width, out=None):
-        return histogram_numpy(events, height, width, out=out)
+        return histogram_numpy(events, height, width, normalize=self.normalize, out=out)
 
 
 @register_representation("histogram_max")
-class PolarityHistogramMax:
+class PolarityHistogramMax(PolarityHistogram):
     """Polarity counts with each channel divided by its own maximum (0 stays 0)."""
 
-    requires_sorted = False
-    test_params = ({},)
-
-    def channels(self) -> int:
-        return 2
-
-    def compute(self, events, height, width, out=None):
-        return histogram(events, height, width, normalize=True, out=out)
-
-    def compute_numpy(self, events, height, width, out=None):
-        return histogram_numpy(events, height, width, normalize=True, out=out)
+    normalize = True

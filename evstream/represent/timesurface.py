@@ -52,16 +52,40 @@ def _check_params(events: np.ndarray, tau_us, t_ref_us) -> tuple[float, int | No
     return tau_us, t_ref_us
 
 
+def _surface_args(events, height, width, tau_us, t_ref_us, out):
+    """Check time_surface's arguments; -> (output, height, width, tau_us, t_ref_us)."""
+    check_events(events)
+    height, width = check_size(height, width)
+    tau_us, t_ref_us = _check_params(events, tau_us, t_ref_us)
+    return check_out(out, (2, height, width)), height, width, tau_us, t_ref_us
+
+
+def _check_stamps_out(out, height, width):
+    if out is None:
+        return np.empty((2, height, width), np.int64)
+    if not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (2, height, width) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous int64 array of shape "
+                         f"{(2, height, width)}")
+    return out
+
+
+def _never_stamps(events, height, width, out) -> tuple[np.ndarray, int, int]:
+    """Check last_timestamps' arguments; -> ((2, H, W) int64 output all NEVER_US, height, width)."""
+    check_events(events)
+    height, width = check_size(height, width)
+    stamps = _check_stamps_out(out, height, width)
+    stamps.fill(NEVER_US)
+    return stamps, height, width
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference (numpy)
 
 def last_timestamps_numpy(events: np.ndarray, height: int, width: int,
                           out: np.ndarray | None = None) -> np.ndarray:
     """Newest timestamp per polarity and pixel, int64 (2, H, W); NEVER_US where none."""
-    check_events(events)
-    height, width = check_size(height, width)
-    stamps = _check_stamps_out(out, height, width)
-    stamps.fill(NEVER_US)
+    stamps, height, width = _never_stamps(events, height, width, out)
     if len(events) == 0:
         return stamps
     t = events["t"].astype(np.int64)
@@ -78,10 +102,8 @@ def time_surface_numpy(events: np.ndarray, height: int, width: int,
                        tau_us: float = DEFAULT_TAU_US, t_ref_us: int | None = None,
                        out: np.ndarray | None = None) -> np.ndarray:
     """Exponentially decayed time surface (2, H, W) float32 (reference)."""
-    check_events(events)
-    height, width = check_size(height, width)
-    tau_us, t_ref_us = _check_params(events, tau_us, t_ref_us)
-    surface = check_out(out, (2, height, width))
+    surface, height, width, tau_us, t_ref_us = _surface_args(events, height, width, tau_us,
+                                                             t_ref_us, out)
     stamps = last_timestamps_numpy(events, height, width)
     if len(events) == 0:
         surface.fill(0)
@@ -144,23 +166,10 @@ def _time_surface_kernel(events, height, width, t_ref, inv_tau, flat):
     return OK, 0
 
 
-def _check_stamps_out(out, height, width):
-    if out is None:
-        return np.empty((2, height, width), np.int64)
-    if not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (2, height, width) \
-            or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous int64 array of shape "
-                         f"{(2, height, width)}")
-    return out
-
-
 def last_timestamps(events: np.ndarray, height: int, width: int,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Newest timestamp per polarity and pixel, int64 (2, H, W); NEVER_US where none (fast)."""
-    check_events(events)
-    height, width = check_size(height, width)
-    stamps = _check_stamps_out(out, height, width)
-    stamps.fill(NEVER_US)
+    stamps, height, width = _never_stamps(events, height, width, out)
     if len(events) == 0:
         return stamps
     code, index = _last_timestamps_kernel(events, height, width, stamps.reshape(-1))
@@ -171,10 +180,8 @@ def last_timestamps(events: np.ndarray, height: int, width: int,
 def time_surface(events: np.ndarray, height: int, width: int, tau_us: float = DEFAULT_TAU_US,
                  t_ref_us: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Exponentially decayed time surface (2, H, W) float32; channel 0 OFF, 1 ON (fast)."""
-    check_events(events)
-    height, width = check_size(height, width)
-    tau_us, t_ref_us = _check_params(events, tau_us, t_ref_us)
-    surface = check_out(out, (2, height, width))
+    surface, height, width, tau_us, t_ref_us = _surface_args(events, height, width, tau_us,
+                                                             t_ref_us, out)
     surface.fill(0)
     if len(events) == 0:
         return surface

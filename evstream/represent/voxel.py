@@ -82,17 +82,23 @@ def _check_bins(num_bins: int) -> int:
     return num_bins
 
 
+def _zeroed_grid(events, num_bins, height, width, out) -> tuple[np.ndarray, int, int, int]:
+    """Check the arguments both forms take; -> (zeroed (B, H, W) output, B, height, width)."""
+    check_events(events)
+    num_bins = _check_bins(num_bins)
+    height, width = check_size(height, width)
+    grid = check_out(out, (num_bins, height, width))
+    grid.fill(0)
+    return grid, num_bins, height, width
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference (numpy)
 
 def voxel_grid_numpy(events: np.ndarray, num_bins: int, height: int, width: int,
                      normalize: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """E2VID voxel grid, float32 (num_bins, height, width): the readable reference."""
-    check_events(events)
-    num_bins = _check_bins(num_bins)
-    height, width = check_size(height, width)
-    grid = check_out(out, (num_bins, height, width))
-    grid.fill(0)
+    grid, num_bins, height, width = _zeroed_grid(events, num_bins, height, width, out)
     if len(events) == 0:
         return grid
     t = events["t"].astype(np.int64)
@@ -245,11 +251,7 @@ def voxel_grid(events: np.ndarray, num_bins: int, height: int, width: int,
     Writes into `out` (zeroed first) when given and returns it. Raises ValueError for events
     outside height x width or not sorted by t. Never modifies `events`.
     """
-    check_events(events)
-    num_bins = _check_bins(num_bins)
-    height, width = check_size(height, width)
-    grid = check_out(out, (num_bins, height, width))
-    grid.fill(0)
+    grid, num_bins, height, width = _zeroed_grid(events, num_bins, height, width, out)
     if len(events) == 0:
         return grid
     flat = grid.reshape(-1)

@@ -319,39 +319,7 @@ def _lz4_walk_block(src, ip, iend, op, oend, low):
 @numba.njit(cache=True, nogil=True)
 def _lz4_walk(src, p, end):
     """Check the LZ4 frame src[p:end] like _lz4_frame, decoding nothing; -> size or error."""
-    q = _lz4_frame_header(src, p, end)
-    if q < 0:
-        return q
-    flg = np.int64(src[p + 4])
-    block_max = np.int64(1) << (8 + 2 * ((np.int64(src[p + 5]) >> 4) & 7))
-    indep = (flg >> 5) & 1
-    bchk = (flg >> 4) & 1
-    produced = np.int64(0)
-    while True:
-        if q + 4 > end:
-            return -4
-        bs = np.int64(src[q]) | (np.int64(src[q + 1]) << 8) | (np.int64(src[q + 2]) << 16) \
-            | (np.int64(src[q + 3]) << 24)
-        q += 4
-        if bs == 0:
-            break
-        raw = bs >> 31
-        bs &= 0x7FFFFFFF
-        if bs > block_max or q + bs + 4 * bchk > end:
-            return -5
-        if raw:
-            produced += bs
-        else:
-            r = _lz4_walk_block(src, q, q + bs, produced, produced + block_max,
-                                produced if indep else np.int64(0))
-            if r < 0:
-                return r
-            produced = r
-        q += bs + 4 * bchk
-    q += 4 * ((flg >> 2) & 1)
-    if q != end:
-        return -9
-    return produced
+    return _lz4_frame(src, p, end, np.empty(0, np.uint8), False, True)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -374,14 +342,15 @@ def _lz4_frame_header(src, p, end):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lz4_frame(src, p, end, out, early=False):
+def _lz4_frame(src, p, end, out, early=False, walk=False):
     """Check the LZ4 frame src[p:end] and copy its first len(out) decoded bytes into out.
 
     Returns the decoded size, or a negative code (see _LZ4_ERRORS); with early=True it stops
-    (returning len(out)) as soon as out is full, having checked only that far. Stricter than
-    the LZ4 library where the format's rules allow it (a zero match offset, the end-of-block
-    rules): valid encoders never produce those, and dv must never see an error the library
-    reports.
+    (returning len(out)) as soon as out is full, having checked only that far. With walk=True
+    (and out empty) compressed blocks are only checked, by _lz4_walk_block, not decoded.
+    Stricter than the LZ4 library where the format's rules allow it (a zero match offset, the
+    end-of-block rules): valid encoders never produce those, and dv must never see an error the
+    library reports.
     """
     q = _lz4_frame_header(src, p, end)
     if q < 0:
@@ -411,6 +380,12 @@ def _lz4_frame(src, p, end, out, early=False):
             for i in range(min(bs, max(limit - produced, 0))):
                 out[produced + i] = src[q + i]
             produced += bs
+        elif walk:
+            r = _lz4_walk_block(src, q, q + bs, produced, produced + block_max,
+                                produced if indep else np.int64(0))
+            if r < 0:
+                return r
+            produced = r
         else:
             ip = q
             iend = q + bs

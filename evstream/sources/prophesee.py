@@ -180,17 +180,35 @@ def _choose_resolution(path, from_file, width, height, infer) -> tuple[int, int,
                   "set --width/--height if the sensor is larger")
 
 
-# -- RAW (EVT 2.0 / 3.0) --------------------------------------------------------------------------
+class _PropheseeFile(EventSource):
+    """What the RAW and DAT readers share: the name, `notes` (each said once, also logged) and
+    the open data file `_file` that close() releases."""
 
-class RawSource(EventSource):
-    """A Prophesee .raw recording in EVT 2.0 or EVT 3.0 (see the module doc)."""
-
-    def __init__(self, path, *, width=None, height=None, bad_events=None, filters=None,
-                 chunk_bytes=CHUNK_BYTES, packet_events=PACKET_EVENTS):
+    def __init__(self, path, *, bad_events=None, filters=None):
         self.name = os.fspath(path)
         super().__init__(bad_events=bad_events, filters=filters)
         self.notes: list[str] = []
         self._file = None
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            log.warning("%s: %s", self.name, text)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# -- RAW (EVT 2.0 / 3.0) --------------------------------------------------------------------------
+
+class RawSource(_PropheseeFile):
+    """A Prophesee .raw recording in EVT 2.0 or EVT 3.0 (see the module doc)."""
+
+    def __init__(self, path, *, width=None, height=None, bad_events=None, filters=None,
+                 chunk_bytes=CHUNK_BYTES, packet_events=PACKET_EVENTS):
+        super().__init__(path, bad_events=bad_events, filters=filters)
         self.chunk_bytes = int(chunk_bytes)
         self.packet_events = max(int(packet_events), 2 * codec.MAX_VECTOR_EVENTS)
         with open(self.name, "rb") as f:
@@ -275,11 +293,6 @@ class RawSource(EventSource):
         if self.rowless_events:
             self._note(f"dropped {self.rowless_events} events that came before any row address")
 
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-            log.warning("%s: %s", self.name, text)
-
     def _decode(self):
         """Yield (events, triggers) arrays, each at most packet_events / PACKET_TRIGGERS long."""
         wbytes, kernel = self._word_bytes, self._kernel
@@ -333,11 +346,6 @@ class RawSource(EventSource):
         raise SourceError(f"{self.name}: corrupt EVT {self.encoding} data at byte offset {offset}: "
                           f"word 0x{word:0{bits // 4}x} has undefined event type 0x{kind:x}")
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
     def describe(self) -> dict:
         return {**super().describe(), "encoding": f"EVT {self.encoding}", "notes": list(self.notes)}
 
@@ -352,15 +360,12 @@ def open_raw(path, *, width=None, height=None, bad_events=None, filters=None,
 
 # -- DAT ----------------------------------------------------------------------------------------
 
-class DatSource(EventSource):
+class DatSource(_PropheseeFile):
     """A Prophesee .dat recording of Event2d (0x00) or CD (0x0C) events (see the module doc)."""
 
     def __init__(self, path, *, width=None, height=None, bad_events=None, filters=None,
                  chunk_bytes=CHUNK_BYTES, packet_events=PACKET_EVENTS):
-        self.name = os.fspath(path)
-        super().__init__(bad_events=bad_events, filters=filters)
-        self.notes: list[str] = []
-        self._file = None
+        super().__init__(path, bad_events=bad_events, filters=filters)
         self.records_per_read = max(1, min(int(chunk_bytes) // DAT_RECORD.itemsize,
                                            int(packet_events)))
         with open(self.name, "rb") as f:
@@ -437,16 +442,8 @@ class DatSource(EventSource):
             yield Packet(events=ev)
         if self._tail:
             end = self._data_offset + self.n_records * DAT_RECORD.itemsize
-            text = (f"the file ends with {self._tail} bytes that are not a whole 8-byte event "
-                    f"(truncated recording); read up to byte offset {end}")
-            if text not in self.notes:
-                self.notes.append(text)
-                log.warning("%s: %s", self.name, text)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+            self._note(f"the file ends with {self._tail} bytes that are not a whole 8-byte "
+                       f"event (truncated recording); read up to byte offset {end}")
 
     def describe(self) -> dict:
         return {**super().describe(), "notes": list(self.notes)}

@@ -331,10 +331,7 @@ class Aedat2Source(EventSource):
         self.chunk_records = int(chunk_records)
         self.counts = Aedat2Counts()
         self.truncated_note = ""
-        try:
-            self._f = open(self.name, "rb")
-        except OSError as e:
-            raise SourceError(f"{self.name}: cannot open ({e.strerror})") from None
+        self._open_file()
         try:
             self._setup(width, height, layout)
         except BaseException:
@@ -577,12 +574,6 @@ class Aedat2Source(EventSource):
                            f"({self.header.imu_scale_source})",
                  truncated_note=self.truncated_note, counts=self.counts.as_dict())
         return d
-
-    def close(self) -> None:
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
-            self._f = None
 
 
 def _merge_triggers(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -57,10 +57,7 @@ class AtisBinSource(EventSource):
         self.truncated_note = ""
         self.overflow_markers = 0
         self.wraps = 0
-        try:
-            self._f = open(self.name, "rb")
-        except OSError as e:
-            raise SourceError(f"{self.name}: cannot open ({e.strerror})") from None
+        self._open_file()
         size = os.fstat(self._f.fileno()).st_size
         self.n_records, self._tail = divmod(size, RECORD_BYTES)
         if self.n_records == 0:
@@ -150,12 +147,6 @@ class AtisBinSource(EventSource):
         d.update(format="ATIS 40-bit .bin", truncated_note=self.truncated_note,
                  overflow_markers=self.overflow_markers, wraps=self.wraps)
         return d
-
-    def close(self) -> None:
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
-            self._f = None
 
 
 def open_atis_bin(path, *, width=None, height=None, bad_events=None, filters=None,

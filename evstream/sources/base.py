@@ -31,7 +31,7 @@ from typing import Iterator
 import numba
 import numpy as np
 
-from evstream.errors import BadEventsError
+from evstream.errors import BadEventsError, SourceError
 from evstream.types import EVENT_DTYPE, Packet
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,20 @@ class EventSource(ABC):
     def _read(self) -> Iterator[Packet]:
         """Yield raw packets in file/stream order. Events need not be checked here."""
 
+    _f = None     # the open file of readers that hold one (see _open_file)
+
+    def _open_file(self) -> None:
+        """Open self.name for reading as self._f; a one-line SourceError if it cannot be."""
+        try:
+            self._f = open(self.name, "rb")
+        except OSError as e:
+            raise SourceError(f"{self.name}: cannot open ({e.strerror})") from None
+
     def close(self) -> None:
         """Release the underlying file/device/socket. Safe to call twice."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def locate(self, i: int) -> str:
         """Where event i of the packet being checked came from ("byte offset 1234", "event

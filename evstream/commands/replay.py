@@ -20,8 +20,6 @@ EXAMPLES = """  evstream replay file.aedat4 --no-model
   evstream replay file.aedat4 --speed max --no-model --lossless --json
   evstream replay file.raw --speed 0.5 --loop --start 1.0 --end 3.0 --no-model"""
 
-SOURCE_OPTION_KEYS = None  # every attribute added by add_source_args is forwarded
-
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")

@@ -145,7 +145,7 @@ def _count_side(side, stats, tel, wait_ms: int) -> bool:
 
 def _snap(tel, stats) -> dict:
     snap = tel.snapshot()
-    snap["wire"] = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+    snap["wire"] = stats.as_dict()
     return snap
 
 

@@ -14,7 +14,8 @@ Lifecycle:
 4. relay telemetry (a one-line status every `telemetry_interval_s` on stderr), until every stage
    reports `done`; a stage error or a stage that dies without a word stops the others;
 5. on Ctrl-C / SIGTERM send `stop`; whatever has not exited a second later is terminated, then
-   killed. The ring is unlinked and the ipc directory removed in all cases.
+   killed (one grace period, in `_finish`; `_reap` only terminates what is left). The ring
+   is unlinked and the ipc directory removed in all cases.
 
 `run_pipeline` returns a `PipelineResult` (summary dict + exit code); it raises nothing for stage
 failures, so the CLI decides how to print them.
@@ -102,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
             _finish(link, procs, state, result)
         except (KeyboardInterrupt, _Terminate):   # a second Ctrl-C: no more waiting
             pass
-        _stop_all(link, procs)
+        _reap(procs)
         link.close()
         ring.close()
         ring.unlink()
@@ -197,15 +198,12 @@ def _finish(link, procs, state: _State, result: PipelineResult) -> None:
     result.summary.update(_summarise(state.final or state.latest, result.summary.get("source", {})))
 
 
-def _stop_all(link, procs) -> None:
-    procs = {n: p for n, p in procs.items() if p.pid is not None}   # started ones only
-    for name, p in procs.items():
-        if p.is_alive():
-            link.send(name, "stop")
-    deadline = time.monotonic() + STOP_GRACE_S
+def _reap(procs) -> None:
+    """Terminate, then kill, whatever is still running after `_finish`'s grace period."""
     for p in procs.values():
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs.values():
+        if p.pid is None:           # never started
+            continue
+        p.join(0)
         if p.is_alive():
             p.terminate()
             p.join(0.5)

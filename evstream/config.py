@@ -40,11 +40,40 @@ class WindowConfig:
 
 
 @dataclass(frozen=True)
+class InferConfig:
+    model: str = "untrained"                    # a name under models/, a checkpoint path, or a dir
+    device: str = "auto"                        # "auto" (cuda if available) | "cpu" | "cuda[:N]"
+    threads: int = 0                            # CPU torch threads; 0 = chosen from the cores
+    precision: str = "auto"                     # "auto" (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    cuda_graphs: bool = False                   # capture the forward pass (CUDA, fixed batch)
+    compile: bool = False                       # torch.compile the model
+    max_batch: int = 8                          # windows of several streams batched together
+    warmup: int = 3                             # forward passes before the first real window
+    topk: int = 5                               # classification: labels sent per prediction
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    window: bool = True                         # an OpenCV window (False: headless)
+    video: str = ""                             # write an MP4 with one frame per drawn prediction
+    png_dir: str = ""                           # write every drawn frame as PNG here
+    snapshot_dir: str = "."                     # where `s` saves snapshots and `r` recordings
+    alpha: float = 0.5                          # segmentation overlay opacity
+    on_close: str = "stop"                      # closing the window: "stop" the pipeline | "continue"
+    scale: float = 2.0                          # display scale of the sensor image
+    video_fps: float = 0.0                      # 0: 1e6 / window stride (source time)
+    title: str = "evstream"
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     source: SourceConfig
     window: WindowConfig = field(default_factory=WindowConfig)
     lossless: bool = False                      # False: live (newest window wins, drops counted)
-    consumer: str = "sink"                      # "sink" (no model) | "worker" (later issues)
+    consumer: str = "sink"                      # "sink" (no model, no viewer) | "viewer"
+    infer: InferConfig | None = None            # None: no inference worker (--no-model)
+    viewer: ViewerConfig | None = None          # None with consumer "sink"
+    endpoints: dict = field(default_factory=dict)  # --bind/--connect overrides by endpoint name
     telemetry_interval_s: float = 2.0           # periodic one-line status on stderr; 0 = quiet
     stream_id: str = "cam0"
     dump_windows: str = ""                      # sink: write every received window to this .npz

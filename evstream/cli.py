@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, examples) in COMMANDS.items():
         mod = _load(name)
+        if mod is not None:        # a built command's own help and examples win over the table
+            help_ = getattr(mod, "HELP", help_)
+            examples = getattr(mod, "EXAMPLES", examples)
         desc = help_ if mod is not None else f"{help_}\n\nNOT BUILT YET: this command comes in a later release."
         sp = sub.add_parser(name, help=help_, description=desc,
                             epilog="examples:\n" + examples,

@@ -19,6 +19,7 @@ class SourceConfig:
     end_s: float | None = None
     ring_capacity_events: int = 1 << 22         # 4 Mi events = 64 MiB of shared memory
     ring_name: str = ""                         # filled in by the launcher
+    record_path: str = ""                       # also write what the source reads (.aedat4)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class PipelineConfig:
     infer: InferConfig | None = None            # None: no inference worker (--no-model)
     viewer: ViewerConfig | None = None          # None with consumer "sink"
     endpoints: dict = field(default_factory=dict)  # --bind/--connect overrides by endpoint name
+    stages: tuple = ()                          # which stages run here (() = all); a split
+                                                # pipeline runs the rest on other hosts
+    restart_worker: bool = False                # restart a worker that dies (--restart)
+    curve: dict = field(default_factory=dict)   # CURVE keys for tcp endpoints (see pipeline)
     telemetry_interval_s: float = 2.0           # periodic one-line status on stderr; 0 = quiet
     stream_id: str = "cam0"
     dump_windows: str = ""                      # sink: write every received window to this .npz

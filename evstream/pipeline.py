@@ -52,15 +52,57 @@ class _Terminate(Exception):
     """SIGTERM, turned into an orderly stop."""
 
 
-def _stages(cfg: PipelineConfig):
+STAGE_ORDER = ("source", "window", "worker", "viewer", "sink")
+
+
+def _stage_functions() -> dict:
     from evstream.sources.stage import source_stage
     from evstream.stream.sink import sink_stage
     from evstream.stream.window_stage import window_stage
 
-    consumers = {"sink": sink_stage}
-    if cfg.consumer not in consumers:
+    fns = {"source": source_stage, "window": window_stage, "sink": sink_stage}
+    try:
+        from evstream.infer.worker import worker_stage
+        fns["worker"] = worker_stage
+    except ImportError:
+        pass
+    try:
+        from evstream.viewer.app import viewer_stage
+        fns["viewer"] = viewer_stage
+    except ImportError:
+        pass
+    return fns
+
+
+def stage_names(cfg: PipelineConfig) -> list[str]:
+    """The stages of this pipeline, upstream first, restricted to `cfg.stages` when set."""
+    if cfg.consumer not in ("sink", "viewer"):
         raise ValueError(f"unknown consumer {cfg.consumer!r}")
-    return {"source": source_stage, "window": window_stage, "sink": consumers[cfg.consumer]}
+    names = ["source", "window"] + (["worker"] if cfg.infer is not None else []) + [cfg.consumer]
+    if cfg.stages:
+        unknown = set(cfg.stages) - set(names)
+        if unknown:
+            raise ValueError(f"stages {sorted(unknown)} are not part of this pipeline "
+                             f"(it has {', '.join(names)})")
+        names = [n for n in names if n in cfg.stages]
+    return names
+
+
+def _stages(cfg: PipelineConfig) -> dict:
+    fns = _stage_functions()
+    return {name: fns[name] for name in stage_names(cfg)}
+
+
+def make_endpoints(cfg: PipelineConfig, tmpdir: str) -> dict:
+    """ipc endpoints in a private directory, overridden by the user's --bind/--connect URLs.
+    Without a worker the consumer takes windows directly: `predictions` is `windows`."""
+    ep = {name: f"ipc://{tmpdir}/{name}" for name in ("control", "windows", "predictions", "side")}
+    ep.update(cfg.endpoints)
+    if cfg.infer is None:
+        ep["predictions"] = ep["windows"]
+    if cfg.curve:
+        ep["curve"] = dict(cfg.curve)
+    return ep
 
 
 def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineResult:
@@ -74,8 +116,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     tmpdir = tempfile.mkdtemp(prefix="evstream-")
     ring = EventRing.create(cfg.source.ring_capacity_events)
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, ring_name=ring.name))
-    endpoints = {"control": f"ipc://{tmpdir}/control", "windows": f"ipc://{tmpdir}/windows",
-                 "side": f"ipc://{tmpdir}/side"}
+    endpoints = make_endpoints(cfg, tmpdir)
     link = LauncherLink(endpoints["control"])
     procs: dict[str, mp.Process] = {}
     result = PipelineResult()
@@ -83,18 +124,14 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     old_term = signal.signal(signal.SIGTERM, _raise_terminate)
     t_start = time.monotonic()
     try:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited by the children
-        try:
-            for name, fn in _stages(cfg).items():
-                procs[name] = ctx.Process(target=fn, args=(cfg, endpoints), name=f"evstream-{name}")
-                procs[name].start()
-        finally:
-            signal.signal(signal.SIGINT, old_int)
+        for name, fn in _stages(cfg).items():
+            procs[name] = _start(ctx, name, fn, cfg, endpoints)
         t_start = time.monotonic()
         if on_started is not None:
             on_started({"pids": {name: p.pid for name, p in procs.items()},
                         "endpoints": dict(endpoints)})
-        _supervise(cfg, link, procs, result, status, state)
+        _supervise(cfg, link, procs, result, status, state,
+                   restart=lambda name: _start(ctx, name, _stages(cfg)[name], cfg, endpoints))
     except (KeyboardInterrupt, _Terminate):
         result.summary["interrupted"] = True
     finally:
@@ -116,6 +153,16 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     return result
 
 
+def _start(ctx, name, fn, cfg, endpoints):
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited by the child
+    try:
+        p = ctx.Process(target=fn, args=(cfg, endpoints), name=f"evstream-{name}")
+        p.start()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+    return p
+
+
 def _raise_terminate(signum, frame):
     raise _Terminate
 
@@ -128,6 +175,7 @@ class _State:
     latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
     t_streaming: float = 0.0                      # when `start` went out (monotonic s)
     t_done: float = 0.0                           # when the last `done` arrived
+    restarts: dict = field(default_factory=dict)  # stage -> times restarted
 
 
 def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> None:
@@ -148,9 +196,13 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
         result.exit_code = 2 if result.user_error else 1
 
 
-def _supervise(cfg, link, procs, result, status, state: _State) -> None:
-    started = drain_sent = False
-    upstream = {"source", "window"}
+def _supervise(cfg, link, procs, result, status, state: _State, restart=None) -> None:
+    """Start the stages once all are ready, relay telemetry, send `drain` down the chain as
+    upstream stages finish, and notice stages that die (a worker is restarted when asked)."""
+    started = False
+    order = list(procs)                     # upstream first
+    drained: set[str] = set()
+    start_info = {}
     interval = cfg.telemetry_interval_s
     next_line = time.monotonic() + interval if interval else float("inf")
     while len(state.done) < len(procs) and not result.exit_code:
@@ -158,22 +210,48 @@ def _supervise(cfg, link, procs, result, status, state: _State) -> None:
         if got is not None:
             _handle(state, result, *got)
         if not started and len(state.ready) == len(procs):
-            result.summary["source"] = state.ready["source"]
+            start_info = state.ready.get("source") or _remote_source_info(cfg)
+            result.summary["source"] = start_info
             for name in procs:
-                link.send(name, "start", info=state.ready["source"])
+                link.send(name, "start", info=start_info)
             started = True
             state.t_streaming = time.monotonic()
-        if not drain_sent and upstream <= state.done:
-            for name in set(procs) - state.done:    # the consumer: finish what is queued
-                link.send(name, "drain")
-            drain_sent = True
+        if started:
+            # a stage whose upstream stages are all done finishes what is queued, then ends
+            for i, name in enumerate(order):
+                if i >= 2 and name not in drained and name not in state.done \
+                        and all(u in state.done for u in order[:i]):
+                    link.send(name, "drain")
+                    drained.add(name)
+            # the consumer ended first (the viewer window was closed): stop the rest
+            last = order[-1]
+            if last in state.done and len(order) > 1 and last in ("viewer", "sink") \
+                    and not all(n in state.done for n in order[:-1]):
+                result.summary["end_reason"] = state.final.get(last, {}).get(
+                    "end_reason", f"{last} closed")
+                break
         # a stage that died without a word (killed, segfault), or crashed while exiting
-        for name, p in procs.items():
+        for name, p in list(procs.items()):
             if p.exitcode is not None and p.exitcode != 0 and not result.exit_code:
                 got = link.recv(0.1)            # its last words may still be in flight
                 while got is not None and not result.exit_code:
                     _handle(state, result, *got)
                     got = link.recv(0) if not result.exit_code else None
+                if result.exit_code and not (name == "worker" and cfg.restart_worker):
+                    continue
+                if name == "worker" and cfg.restart_worker and restart is not None and started:
+                    result.exit_code, result.error, result.error_stage = 0, "", ""
+                    state.restarts[name] = state.restarts.get(name, 0) + 1
+                    status(f"evstream: stage 'worker' died (exit code {p.exitcode}); "
+                           f"restarting it (restart {state.restarts[name]})")
+                    state.ready.pop(name, None)
+                    procs[name] = restart(name)
+                    _wait_ready(link, state, result, name, procs[name])
+                    if not result.exit_code:
+                        link.send(name, "start", info=start_info)
+                        if name in drained:
+                            link.send(name, "drain")
+                    continue
                 if not result.exit_code:
                     result.error_stage = name
                     result.error = f"stage {name!r} died (exit code {p.exitcode})"
@@ -181,6 +259,23 @@ def _supervise(cfg, link, procs, result, status, state: _State) -> None:
         if time.monotonic() >= next_line and state.latest:
             status(format_line(state.latest))
             next_line = time.monotonic() + interval
+
+
+def _wait_ready(link, state: _State, result, name: str, proc, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while name not in state.ready and not result.exit_code and time.monotonic() < deadline:
+        got = link.recv(0.05)
+        if got is not None:
+            _handle(state, result, *got)
+        if proc.exitcode is not None and name not in state.ready:
+            result.error_stage, result.exit_code = name, result.exit_code or 1
+            result.error = result.error or f"stage {name!r} died while restarting"
+            return
+
+
+def _remote_source_info(cfg) -> dict:
+    """Start info for a split pipeline with no local source: what the user said."""
+    return {"camera": "remote", "width": cfg.window.width, "height": cfg.window.height}
 
 
 def _finish(link, procs, state: _State, result: PipelineResult) -> None:
@@ -195,7 +290,10 @@ def _finish(link, procs, state: _State, result: PipelineResult) -> None:
         if got is not None:
             _handle(state, result, *got)
     result.summary["final"] = state.final
-    result.summary.update(_summarise(state.final or state.latest, result.summary.get("source", {})))
+    result.summary.update(_summarise({**state.latest, **state.final},
+                                     result.summary.get("source", {}), state.ready))
+    if state.restarts:
+        result.summary["restarts"] = dict(state.restarts)
 
 
 def _reap(procs) -> None:
@@ -212,36 +310,53 @@ def _reap(procs) -> None:
             p.join(0.5)
 
 
-def _summarise(final: dict, source_info: dict) -> dict:
+def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dict:
     src = final.get("source", {})
     win = final.get("window", {})
-    sink = final.get("sink", {})
+    worker = final.get("worker", {})
+    consumer = final.get("viewer") or final.get("sink") or {}
+    first = worker or consumer              # the stage the window process delivers to
     c = lambda snap, key: int(snap.get("counters", {}).get(key, 0))  # noqa: E731
     src_stats = src.get("source", {})
     # events lost before windowing: ring overrun (live), source-level drops (out of order,
     # outside the sensor, network queue overflow)
     dropped_events = (c(win, "dropped_events") + int(src_stats.get("dropped_out_of_order", 0))
                       + int(src_stats.get("dropped_outside_sensor", 0)) + int(src_stats.get("lost", 0)))
+    stages = (win, worker, consumer)
     out = {
         "events_in": c(src, "events_out"),
-        "events_out": c(sink, "events_in"),
-        "windows": c(sink, "windows_in"),
+        "events_out": c(first, "events_in"),
+        "windows": c(first, "windows_in"),
         "dropped_events": dropped_events,
-        "dropped_windows": c(win, "dropped_windows") + c(sink, "dropped_windows"),
+        "dropped_windows": sum(c(s, "dropped_windows") for s in stages),
         # events inside windows that were built but not delivered (live mode: newest wins)
-        "dropped_window_events": c(win, "dropped_window_events") + c(sink, "dropped_window_events"),
-        "latency_ms": merge_latency(sink, "latency_ms"),
+        "dropped_window_events": sum(c(s, "dropped_window_events") for s in stages),
+        # the consumer's view: to delivery (sink) or to the drawn frame (viewer)
+        "latency_ms": merge_latency(consumer, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),
-        "malformed_messages": int(sink.get("wire", {}).get("malformed", 0)),
-        "frames": c(sink, "frames_in"),
-        "imu": c(sink, "imu_in"),
-        "triggers": c(sink, "triggers_in"),
+        "malformed_messages": sum(int(s.get("wire", {}).get("malformed", 0))
+                                  for s in (worker, consumer)),
+        "frames": c(consumer, "frames_in"),
+        "imu": c(consumer, "imu_in"),
+        "triggers": c(consumer, "triggers_in"),
         "dropped_side": c(src, "dropped_side"),
         "camera": source_info.get("camera", ""),
         "width": source_info.get("width", 0),
         "height": source_info.get("height", 0),
         "stages": final,
     }
+    if worker:
+        info = (ready or {}).get("worker", {})
+        out.update({
+            "predictions": c(worker, "predictions_out"),
+            "model": info.get("model", ""), "device": info.get("device", ""),
+            "trained": info.get("trained"),
+            "infer_ms": merge_latency(worker, "infer_ms"),
+            "worker_latency_ms": merge_latency(worker, "worker_latency_ms"),
+        })
+    if final.get("viewer"):
+        out["frames_drawn"] = c(consumer, "frames_drawn")
+        out.setdefault("predictions", c(consumer, "predictions_in"))
     if src.get("end_reason"):
         out["end_reason"] = src["end_reason"]
     return out

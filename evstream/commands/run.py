@@ -1,27 +1,42 @@
-"""`evstream run --camera MODEL`: a live camera (or any live source) through the pipeline."""
+"""`evstream run --camera MODEL`: a live camera (or any live source) through the pipeline:
+events -> windows -> student -> overlay window, with honest latency figures.
+
+Options shared with `replay` live in commands/pipeline_args.py (model, viewer, endpoints,
+`--stages` for a pipeline split over several hosts).
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from evstream.commands.common import add_source_args, source_spec
-from evstream.commands.replay import add_pipeline_args, pipeline_config, run_and_report
+from evstream.commands.pipeline_args import add_pipeline_args, pipeline_config, run_and_report
 from evstream.errors import EvstreamError
 
 HELP = "live camera -> student -> overlay window"
-EXAMPLES = """  evstream run --camera davis346 --no-model
-  evstream run --camera any --serial DAVIS346_00000104 --window-ms 33 --no-model
-  evstream run tcp://127.0.0.1:7777 --no-model --json     # a DV / dv-processing network stream"""
+EXAMPLES = """  evstream run --camera davis346
+  evstream run --camera davis346 --model evdistill-r18-seg --window-ms 50 --record out.aedat4
+  evstream run --camera any --serial DAVIS346_00000104 --no-window --video live.mp4
+  evstream run tcp://127.0.0.1:7777 --json                  # a DV / dv-processing network stream
+  # split over hosts: camera host -> GPU host -> viewer host
+  evstream run --camera davis346 --stages source,window --connect windows=tcp://gpu:5555
+  evstream run --stages worker,sink --sensor-width 346 --sensor-height 260 \\
+      --bind windows=tcp://0.0.0.0:5555 --bind publish=tcp://0.0.0.0:5556
+  evstream view tcp://gpu:5556"""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_source_args(p)
     add_pipeline_args(p)
+    p.add_argument("--record", metavar="OUT.aedat4",
+                   help="also record everything the camera sends (written atomically)")
 
 
 def main(args) -> int:
-    if not args.no_model:
-        raise EvstreamError("the inference worker is not built yet: use --no-model")
-    if not args.camera and not args.source:
+    local_source = not args.stages or "source" in args.stages.split(",")
+    if local_source and not args.camera and not args.source:
         raise EvstreamError("no source: give --camera MODEL (e.g. davis346) or a tcp:// stream")
-    return run_and_report(pipeline_config(args, source_spec(args), live=True), args)
+    if args.record and not str(args.record).endswith(".aedat4"):
+        raise EvstreamError(f"--record {args.record}: recordings are written as .aedat4")
+    spec = source_spec(args) if local_source else None
+    return run_and_report(pipeline_config(args, spec, live=True), args)

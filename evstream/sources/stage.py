@@ -17,6 +17,7 @@ import time
 from types import SimpleNamespace
 
 from evstream.config import PipelineConfig
+from evstream.stream.curve import secure
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -50,8 +51,10 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         side = zmq.Context.instance().socket(zmq.PUSH)
         side.setsockopt(zmq.SNDHWM, 256)
         side.setsockopt(zmq.LINGER, 1000)
+        secure(side, endpoints["side"], "connect", endpoints.get("curve"))
         side.connect(endpoints["side"])
         tel = StageTelemetry("source")
+        rec = _recorder(src, cfg.source.record_path) if cfg.source.record_path else None
         try:
             link.ready(width=src.width, height=src.height, camera=src.camera, live=src.live,
                        resolution_note=src.resolution_note)
@@ -61,6 +64,8 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if link.should_stop():
                     break
                 ev = pkt.events
+                if rec is not None:
+                    rec.write(pkt)
                 if len(ev):
                     _write(writer, ev, link)
                     tel.count("events_out", len(ev))
@@ -72,11 +77,26 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     next_report = now + max(cfg.telemetry_interval_s / 2, 0.25)
         finally:
             writer.close_stream()
+            if rec is not None:
+                rec.close()          # what was read so far is kept, also after Ctrl-C
             src.close()
             _side_eos(side, cfg)
             link.telemetry(_snapshot(tel, src), final=True)
             ring.close()
             side.close()
+
+
+def _recorder(src, path: str):
+    """`run --record OUT.aedat4`: everything the source reads, written as it streams (atomic:
+    the file appears under its name when the stage closes it)."""
+    from evstream.commands.record import SIDE, _declared_streams
+    from evstream.sources.writer import Aedat4Writer
+
+    side = _declared_streams(src)
+    side = set(SIDE) if side is None else side
+    return Aedat4Writer(path, width=src.width, height=src.height, camera=src.camera or "unknown",
+                        frames="frames" in side, imu="imu" in side, triggers="triggers" in side,
+                        frame_size=getattr(src, "frame_size", None))
 
 
 def _send_side(sock, pkt, cfg, tel) -> None:

@@ -1,4 +1,5 @@
-"""The sink process: the consumer of `replay --no-model`. Receives windows, validates them,
+"""The sink process: the consumer of `replay --no-model --no-window` (windows) and of a headless
+`--no-viewer` run (predictions from the worker). Receives messages, validates them,
 measures latency from window end to delivery, and counts; frames, IMU and triggers arrive on the
 `side` endpoint and are counted (after the end of the event stream the side queue is drained, so
 a lossless run delivers every one).
@@ -18,6 +19,7 @@ import numpy as np
 import zmq
 
 from evstream.config import PipelineConfig
+from evstream.stream.curve import secure
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -43,7 +45,7 @@ def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
     newest: dict[str, object] = {}
     controls = []
     for m in msgs:
-        if m.header.get("kind") == "window":
+        if m.header.get("kind") in ("window", "prediction"):
             newest[m.header.get("stream")] = m
         else:
             controls.append(m)
@@ -60,10 +62,13 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         sock = zmq.Context.instance().socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, 16 if cfg.lossless else 4)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(endpoints["windows"])
+        url = endpoints.get("predictions", endpoints["windows"])
+        secure(sock, url, "bind", endpoints.get("curve"))
+        sock.bind(url)
         side = zmq.Context.instance().socket(zmq.PULL)
         side.setsockopt(zmq.RCVHWM, 256)
         side.setsockopt(zmq.LINGER, 0)
+        secure(side, endpoints["side"], "bind", endpoints.get("curve"))
         side.bind(endpoints["side"])
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

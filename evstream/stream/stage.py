@@ -22,6 +22,7 @@ import zmq
 
 from evstream.errors import EvstreamError
 from evstream.stream.control import StageLink, StopRequested
+from evstream.stream.curve import stop_authenticators
 
 
 @contextlib.contextmanager
@@ -48,5 +49,6 @@ def stage_context(endpoints: dict, stage: str):
         # sending zero-copy buffers, and freeing them under it aborts the process
         # ("Bad address (src/tcp.cpp:227)", libzmq 4.3 via pyzmq 27). destroy() closes what is
         # left open with a bounded linger, then waits for pending sends.
+        stop_authenticators()
         zmq.Context.instance().destroy(linger=2000)
     sys.exit(code)

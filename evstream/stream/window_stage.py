@@ -21,6 +21,7 @@ import numpy as np
 import zmq
 
 from evstream.config import PipelineConfig
+from evstream.stream.curve import secure
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -87,6 +88,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         sock = zmq.Context.instance().socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 16 if cfg.lossless else 2)
         sock.setsockopt(zmq.LINGER, 1000)
+        secure(sock, endpoints["windows"], "connect", endpoints.get("curve"))
         sock.connect(endpoints["windows"])
         rep = get_representation(wc.representation)
         params = representation_params(wc)

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import zmq
+import zmq.auth
 
 from evstream.errors import EvstreamError
 
@@ -30,7 +31,6 @@ def load_or_create_keys(directory: str) -> dict:
         raise EvstreamError("--curve-keys: this libzmq was built without CURVE support")
     try:
         d.mkdir(parents=True, exist_ok=True)
-        import zmq.auth
 
         for name in ("server", "client"):
             if not (d / f"{name}.key_secret").exists():
@@ -48,8 +48,6 @@ def secure(sock: zmq.Socket, url: str, role: str, keys: dict | None) -> None:
     keys were given; otherwise leave it alone."""
     if not keys or not url.startswith("tcp://"):
         return
-    import zmq.auth
-
     d = Path(keys["dir"])
     server_pub, server_sec = zmq.auth.load_certificate(str(d / "server.key_secret"))
     if role == "bind":

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench xvfb
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/evstream demo
 
-test: $(STAMP)
+test: $(STAMP) xvfb
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The viewer's window test runs under Xvfb: install it when missing and we may (root + apt);
+# otherwise that one test is skipped with the reason.
+xvfb:
+	@command -v Xvfb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -q xvfb >/dev/null 2>&1 \
+	       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q xvfb >/dev/null 2>&1; }; }; } \
+	  || echo "Xvfb is not available: the viewer window test will be skipped"
 
 bench: $(STAMP)
 	$(PIP) -e ".[test,bench]"

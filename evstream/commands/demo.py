@@ -6,10 +6,11 @@ uses, into the user's cache directory, and reuses after that: the recipe ships w
 not a multi-megabyte binary (an LZ4 .aedat4 costs about 9 bytes per event). The same seed gives
 the same events every time (tests/test_synthetic.py checks determinism).
 
-Then it describes the file (`evstream info`) and replays it in real time through the streaming
-pipeline (source -> ring -> windows -> voxel grid -> zmq -> consumer, separate processes), headless,
-ending with the latency/throughput summary. Later stages (the student and the overlay video) join
-the same command as they are built.
+Then it describes the file (`evstream info`) and replays it in real time through the whole
+pipeline (source -> ring -> windows -> voxel grid -> zmq -> student -> viewer, separate
+processes) with the default model (see models/README.md), headless when there is no display,
+writing the overlay video (default demo-output/overlay.mp4) and ending with the latency and
+throughput summary.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", default="1.0", help="replay speed: 1.0 (real time), N or max")
     p.add_argument("--lossless", action="store_true", help="deliver every window")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--video", default=os.path.join("demo-output", "overlay.mp4"),
+                   help="where the overlay video goes (default: %(default)s)")
+    p.add_argument("--model", help="a model name or checkpoint (default: the shipped default)")
     p.add_argument("--recording", metavar="PATH",
                    help="where the built-in recording lives (default: the user cache directory)")
 
@@ -67,10 +71,21 @@ def main(args) -> int:
         rc = cli_main(["info", str(path)])
         if rc:
             return rc
-        print(f"\n$ evstream replay {path} --no-model --speed {args.speed}", flush=True)
-    argv = ["replay", str(path), "--no-model", "--speed", str(args.speed), "--status-every", "1"]
+        print(f"\n$ evstream replay {path} --no-window --video {args.video} --speed {args.speed}",
+              flush=True)
+    try:
+        os.makedirs(os.path.dirname(args.video) or ".", exist_ok=True)
+    except OSError as e:
+        raise EvstreamError(f"cannot create the folder for {args.video}: {e}") from None
+    argv = ["replay", str(path), "--no-window", "--video", args.video, "--speed", str(args.speed),
+            "--status-every", "1"]
+    if args.model:
+        argv += ["--model", args.model]
     if args.lossless:
         argv.append("--lossless")
     if args.json:
         argv.append("--json")
-    return cli_main(argv)
+    rc = cli_main(argv)
+    if rc == 0 and not args.json:
+        print(f"\noverlay video: {os.path.abspath(args.video)}")
+    return rc

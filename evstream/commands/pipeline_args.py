@@ -143,11 +143,12 @@ def default_model() -> str:
 
 def model_config_for(name: str) -> dict:
     """The model config of a checkpoint, read before any process starts (errors are one line)."""
-    from evstream.nn.checkpoint import default_config, load_checkpoint, resolve_model
+    from evstream.nn.checkpoint import (complete_config, default_config, load_checkpoint,
+                                        resolve_model)
 
     if name == "untrained":
         return dict(default_config(), trained=False)
-    return load_checkpoint(resolve_model(name))["config"]
+    return complete_config(load_checkpoint(resolve_model(name))["config"])
 
 
 def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:

@@ -1,0 +1,1 @@
+"""Offline training: datasets (data.py), EvDistill losses, metrics, the trainer and its config."""

@@ -34,6 +34,9 @@ from evstream.errors import EvstreamError
 SPECS = {
     "tiny": ("basic", (1, 1, 1, 1), (8, 16, 24, 32), 8),
     "resnet18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
+    # ResNet-18's depth at a half / a quarter of its widths: real-time students for CPUs
+    "resnet18h": ("basic", (2, 2, 2, 2), (32, 64, 128, 256), 32),
+    "resnet18q": ("basic", (2, 2, 2, 2), (16, 32, 64, 128), 16),
     "resnet34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512), 64),
     "resnet50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 64),
     "resnet101": ("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512), 64),

@@ -239,13 +239,15 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
                     got = link.recv(0) if not result.exit_code else None
                 if result.exit_code and not (name == "worker" and cfg.restart_worker):
                     continue
-                if name == "worker" and cfg.restart_worker and restart is not None and started:
+                if name == "worker" and cfg.restart_worker and restart is not None:
                     result.exit_code, result.error, result.error_stage = 0, "", ""
                     state.restarts[name] = state.restarts.get(name, 0) + 1
                     status(f"evstream: stage 'worker' died (exit code {p.exitcode}); "
                            f"restarting it (restart {state.restarts[name]})")
                     state.ready.pop(name, None)
                     procs[name] = restart(name)
+                    if not started:         # it joins the start-up handshake like the others
+                        continue
                     _wait_ready(link, state, result, name, procs[name])
                     if not result.exit_code:
                         link.send(name, "start", info=start_info)

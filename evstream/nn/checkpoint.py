@@ -26,6 +26,8 @@ A checkpoint is one file written by `torch.save` holding plain containers and te
 
 from __future__ import annotations
 
+import warnings
+
 import copy
 import json
 import os
@@ -152,7 +154,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise EvstreamError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch 2.13 warns (on stderr) about the pickle protocol of a file it then rejects
+            # anyway; the one-line error below says what is wrong
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(exc)
         if "Unsupported global" in detail:

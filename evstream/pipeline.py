@@ -217,18 +217,20 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
             started = True
             state.t_streaming = time.monotonic()
         if started:
-            # a stage whose upstream stages are all done finishes what is queued, then ends
+            # a stage whose upstream stages have all finished *and exited* (so every message
+            # they queued has left them: lossless senders linger until delivered) finishes
+            # what is queued, then ends; normally the end-of-stream message ends it first
             for i, name in enumerate(order):
                 if i >= 2 and name not in drained and name not in state.done \
-                        and all(u in state.done for u in order[:i]):
+                        and all(u in state.done and procs[u].exitcode is not None
+                                for u in order[:i]):
                     link.send(name, "drain")
                     drained.add(name)
-            # the consumer ended first (the viewer window was closed): stop the rest
+            # the viewer window was closed (with --on-close stop): stop the rest
             last = order[-1]
-            if last in state.done and len(order) > 1 and last in ("viewer", "sink") \
-                    and not all(n in state.done for n in order[:-1]):
-                result.summary["end_reason"] = state.final.get(last, {}).get(
-                    "end_reason", f"{last} closed")
+            closed = state.final.get(last, {}).get("viewer_closed")
+            if last in state.done and closed and not all(n in state.done for n in order[:-1]):
+                result.summary["end_reason"] = "viewer window closed"
                 break
         # a stage that died without a word (killed, segfault), or crashed while exiting
         for name, p in list(procs.items()):

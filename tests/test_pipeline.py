@@ -206,8 +206,12 @@ def test_garbage_on_the_window_socket_is_dropped_and_counted(realdata, tmp_path)
 
     def started(info):
         def spam():
+            ipc = info["endpoints"]["windows"][len("ipc://"):]
+            deadline = time.monotonic() + 60      # the consumer has bound its endpoint
+            while not os.path.exists(ipc) and time.monotonic() < deadline:
+                time.sleep(0.01)
             sock = zmq.Context.instance().socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.LINGER, 5000)
             sock.connect(info["endpoints"]["windows"])
             garbage = [[b"window"], [b"window", b"{not json"], [b"window", b'{"v": 99}'],
                        [b"window", b'{"v":1,"kind":"window","buffers":[{"dtype":"<f4","shape":[5]}]}',

@@ -73,6 +73,17 @@ class StageLink:
                 self.draining = True
         return self.stopping
 
+    def drain_done(self, received: bool, quiet_s: float = 0.2) -> bool:
+        """After `drain` (upstream finished and exited): True once nothing has arrived for
+        `quiet_s`, so a message still crossing a socket buffer is not left behind."""
+        if not self.draining or received:
+            self._quiet_since = None
+            return False
+        now = time.monotonic()
+        if getattr(self, "_quiet_since", None) is None:
+            self._quiet_since = now
+        return now - self._quiet_since >= quiet_s
+
     def telemetry(self, snapshot: dict, final: bool = False) -> None:
         self.send("telemetry", snapshot=snapshot, final=final)
 

@@ -90,9 +90,10 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if sock not in ready:
                     if link.should_stop():
                         break
-                    if link.draining:          # upstream is done and nothing more is queued
+                    if link.drain_done(False):  # upstream is done and nothing more comes
                         eos = True
                     continue
+                link.drain_done(True)
                 msgs, stale = drain_newest(sock, stats, 0, cfg.lossless)
                 if stale:
                     tel.count("dropped_windows", len(stale))

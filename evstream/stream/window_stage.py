@@ -87,7 +87,9 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         reader = ring.reader()
         sock = zmq.Context.instance().socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 16 if cfg.lossless else 2)
-        sock.setsockopt(zmq.LINGER, 1000)
+        # lossless: every queued window reaches the consumer before this process exits (the
+        # launcher's stop/terminate bounds the wait); live: a gone consumer costs at most 1 s
+        sock.setsockopt(zmq.LINGER, -1 if cfg.lossless else 1000)
         secure(sock, endpoints["windows"], "connect", endpoints.get("curve"))
         sock.connect(endpoints["windows"])
         rep = get_representation(wc.representation)
@@ -171,15 +173,19 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     tel.gauge("buffered_events", windower.buffered_events)
                     link.telemetry(tel.snapshot())
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
-            # tell the consumer the stream ended: waiting up to 1 s even in live mode (if it is
-            # lost anyway, the launcher's `drain` ends the consumer)
-            sock.setsockopt(zmq.SNDTIMEO, 1000)
-            try:
-                wire.send(sock, b"window", {"kind": "control", "stream": cfg.stream_id,
-                                            "seq": seq, "t0_us": 0, "t1_us": 0,
-                                            "meta": {"eos": True}}, [])
-            except zmq.Again:
-                pass
+            # tell the consumer the stream ended. Lossless: it follows every window, however
+            # slow the consumer (waiting in slices, watching for stop). Live: up to 1 s; if it
+            # is lost anyway, the launcher's `drain` ends the consumer.
+            sock.setsockopt(zmq.SNDTIMEO, 100 if cfg.lossless else 1000)
+            eos = {"kind": "control", "stream": cfg.stream_id, "seq": seq, "t0_us": 0,
+                   "t1_us": 0, "meta": {"eos": True}}
+            while True:
+                try:
+                    wire.send(sock, b"window", eos, [])
+                    break
+                except zmq.Again:
+                    if not cfg.lossless or link.should_stop():
+                        break
         finally:
             tel.gauge("ring_lost_events", reader.lost)
             tel.count("dropped_events", reader.lost)

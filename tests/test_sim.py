@@ -152,6 +152,26 @@ def test_static_scene_without_noise_is_silent():
     assert len(simulate([image] * len(times), times, cfg, seed=1)) == 0
 
 
+def test_static_scene_gives_only_noise_events():
+    """Whatever a static scene shows, it adds nothing to the noise: a textured image and a flat
+    one give the very same events for the same seed (noise leaves the reference alone and
+    draws nothing from the scene), and their number is the noise processes' expectation."""
+    rng = np.random.default_rng(1)
+    height, width = 40, 50
+    textured = rng.uniform(0.01, 1.0, (height, width))
+    flat = np.full((height, width), 0.4)
+    cfg = SimConfig(ba_rate_hz=20.0, hot_pixel_fraction=0.01, hot_pixel_rate_hz=500.0,
+                    refractory_us=50)
+    times = np.arange(0, 500_001, 5000)
+    a = simulate([textured] * len(times), times, cfg, seed=8)
+    b = simulate([flat] * len(times), times, cfg, seed=8)
+    assert a.tobytes() == b.tobytes()
+    expected = (20.0 * height * width + 500.0 * 20) * 0.5          # BA + 20 hot pixels
+    assert abs(len(a) - expected) < 5 * math.sqrt(expected)
+    assert len(simulate([textured] * len(times), times,
+                        SimConfig(sigma_threshold=0.05), seed=8)) == 0
+
+
 def test_background_activity_rate():
     height, width, rate_hz, duration_us = 64, 64, 5.0, 1_000_000
     cfg = SimConfig(ba_rate_hz=rate_hz)

@@ -23,6 +23,9 @@ Presets (`PRESETS`, built by `preset(name)`):
   tiny      tiny backbone on 48x64 inputs (resized from the sensor), 150 + 150 iterations of
             batch 8, one torch thread (faster for networks this small): both stages on a small
             synthetic set in about a minute on a 2-core CPU (tests, demos, CI).
+  cpu       the shipped CPU student: quarter-width ResNet-18 DeepLabv3+ (1.1 M parameters) on
+            96x128 inputs, half-width ResNet-18 teacher, 600 + 600 iterations of batch 8, one
+            thread per run (two ablation runs side by side on a 2-core CPU).
   realtime  ResNet-18 DeepLabv3+ student (what the live CPU worker runs in real time) at full
             sensor size, with a ResNet-18 teacher, the cheapest one. Training it on a 2-core
             CPU is possible but slow (about 0.7 samples/s in stage 1, 0.15 in stage 2): use a GPU.
@@ -185,7 +188,24 @@ def _paper() -> TrainCfg:
                         eval_every=5000, optim=optim))
 
 
-PRESETS = {"tiny": _tiny, "realtime": _realtime, "paper": _paper}
+def _cpu() -> TrainCfg:
+    # the shipped CPU student: ResNet-18's depth at a quarter of its widths with a 64-channel
+    # DeepLabv3+ head (1.1 M parameters, 4 MB), on the sensor image resized to 96x128; the
+    # teacher is the half-width ResNet-18. Both stages train on a 2-core CPU in minutes.
+    head = {"head_channels": 64, "low_proj_channels": 24}
+    teacher = ModelCfg(backbone="resnet18h", output_stride=16, extra=dict(head))
+    student = ModelCfg(backbone="resnet18q", output_stride=16, extra=dict(head))
+    optim = OptimCfg(lr=0.01, warmup_iters=30)
+    return TrainCfg(
+        preset="cpu", teacher=teacher, student=student, threads=1,
+        data=DataCfg(resize=[96, 128], pad_multiple=16),
+        stage1=StageCfg(iterations=600, batch_size=8, log_every=20, ckpt_every=100,
+                        optim=optim),
+        stage2=StageCfg(iterations=600, batch_size=8, log_every=20, ckpt_every=100,
+                        optim=optim))
+
+
+PRESETS = {"tiny": _tiny, "cpu": _cpu, "realtime": _realtime, "paper": _paper}
 
 
 def preset(name: str) -> TrainCfg:

@@ -1,6 +1,9 @@
-"""Throughput of evstream.sim's ESIM simulator on a moving textured scene.
+"""Throughput of evstream.sim: the ESIM simulator, the driving world, `evstream synth`.
 
     .venv/bin/python tools/bench/sim.py [--frames 2000] [--fps 1000] [--speeds 100,400,1600]
+        [--world-seconds 4] [--dataset-seconds 30 --workers 2] [--skip-simulator]
+
+Part 1, the simulator alone (--frames > 0):
 
 The scene: a fixed random periodic texture (1/f noise, intensity 0.05..1, twice the sensor
 size) translated diagonally at `speed` px/s with sub-pixel shifts (cv2.warpAffine, bilinear),
@@ -15,6 +18,20 @@ generator can divide by its number of worker processes.
 
 The simulator config is SimConfig's defaults (C = 0.2, sigma 0.03) plus --ba-rate background
 activity; the numbers of a run depend on this machine, so compare rows of one run.
+
+Part 2, the segmentation world (--world-seconds > 0): one 346x260 sequence per motion and
+illumination condition generated in this process on one thread (evstream.sim.dataset.
+sequence_outputs, the code `evstream synth` runs, without writing), timed in this process's
+CPU time: virtual frames per APS frame, render and simulate ms per virtual frame, events/s of
+the scene, and simulated seconds per CPU second, with the projected time for 10 minutes of
+driving split over --workers processes on as many cores.
+
+Part 3, end to end (--dataset-seconds > 0): `evstream synth seg` itself (generate_dataset, one
+sequence per worker, --dataset-seconds each, written as .aedat4 with frames and labels into a
+temporary folder): simulated seconds per wall second, the workers' CPU seconds (process time,
+writing included) per simulated second, and the projected time for 10 minutes of driving both
+at the measured wall rate and from the CPU time on --workers free cores (on a shared machine
+the wall rate depends on what else runs; the CPU figure much less).
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ import math
 import time
 
 import cv2
+import numba
 import numpy as np
 from tqdm import tqdm
 
@@ -108,6 +126,51 @@ def run_one(speed_px_s: float, frames: int, fps: float, height: int, width: int,
     }
 
 
+def run_world(seconds: float, conditions: dict, seed: int = 1) -> dict:
+    """Generate one seg sequence in this process (no writing); CPU-time breakdown."""
+    from evstream.sim.dataset import SynthConfig, sequence_outputs
+    from evstream.sim.driver import DriverStats
+
+    cfg = SynthConfig(task="seg", seconds=seconds, seed=seed).resolved()
+    entry = {"name": "bench", "split": "train", "seed": seed, "conditions": conditions}
+    warm_cfg = SynthConfig(task="seg", seconds=0.08, width=32, height=24).resolved()
+    for _ in sequence_outputs(warm_cfg, entry)[2]:      # JIT compile / cache load, untimed
+        pass
+    stats = DriverStats()
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)                   # one core: the renderer's rows run serially
+    try:
+        cpu = time.process_time()
+        wall = time.perf_counter()
+        _, _, outputs = sequence_outputs(cfg, entry, stats)
+        frames = 0
+        for out in tqdm(outputs, total=len(cfg.frame_times_us()) + 1, leave=False,
+                        desc=f"{conditions['illumination']}/{conditions['motion']}"):
+            frames += out.frame is not None
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+    finally:
+        numba.set_num_threads(threads)
+    return {"conditions": f"{conditions['illumination']}/{conditions['motion']}",
+            "frames": frames, "virtual_frames": stats.virtual_frames,
+            "per_frame": stats.virtual_frames / max(frames, 1),
+            "render_ms": 1e3 * stats.render_s / stats.virtual_frames,
+            "sim_ms": 1e3 * stats.sim_s / stats.virtual_frames,
+            "event_rate": stats.events / seconds, "cpu_s": cpu, "wall_s": wall,
+            "speed": seconds / cpu}
+
+
+def run_dataset(seconds: float, workers: int, seed: int = 1) -> dict:
+    import tempfile
+
+    from evstream.sim.dataset import SynthConfig, generate_dataset
+
+    with tempfile.TemporaryDirectory(prefix="evstream-bench-synth-") as tmp:
+        cfg = SynthConfig(task="seg", sequences=workers, seconds=seconds, seed=seed,
+                          split=(1.0, 0.0, 0.0))
+        return generate_dataset(f"{tmp}/seg", cfg, workers=workers, progress=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=2000, help="frames per speed (after the first)")
@@ -120,9 +183,57 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="time with this thread's CPU time (default: other processes on a "
                          "shared machine do not inflate it) or wall-clock time")
+    ap.add_argument("--skip-simulator", action="store_true", help="skip part 1")
+    ap.add_argument("--world-seconds", type=float, default=4.0,
+                    help="seconds of driving per condition in part 2 (0 = skip)")
+    ap.add_argument("--dataset-seconds", type=float, default=0.0,
+                    help="seconds per sequence in part 3, `evstream synth` end to end "
+                         "(0 = skip, the default)")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes (parts 2, 3)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)                          # one core: the estimate is per process
+    if not args.skip_simulator and args.frames > 0:
+        simulator_table(args)
+    if args.world_seconds > 0:
+        world_table(args)
+    if args.dataset_seconds > 0:
+        dataset_table(args)
 
+
+def world_table(args) -> None:
+    rows = [run_world(args.world_seconds, {"illumination": ill, "motion": mot})
+            for ill, mot in (("normal", "slow"), ("normal", "fast"), ("low", "fast"),
+                             ("over", "fast"))]
+    print(f"\nDriving world (seg), 346x260, {args.world_seconds:g} s of driving per row, "
+          f"APS 25 fps; CPU time, one thread; 10 min projected on {args.workers} "
+          f"worker(s)\n")
+    print("| condition | virtual frames / APS frame | render ms / vframe | simulate ms / "
+          "vframe | scene ev/s | simulated s per CPU s | 10 min of driving takes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        minutes = 600 / r["speed"] / args.workers / 60
+        print(f"| {r['conditions']} | {r['per_frame']:.1f} | {r['render_ms']:.2f} | "
+              f"{r['sim_ms']:.2f} | {r['event_rate'] / 1e6:.2f} M | {r['speed']:.3f} | "
+              f"{minutes:.0f} min |")
+
+
+def dataset_table(args) -> None:
+    s = run_dataset(args.dataset_seconds, args.workers)
+    rate = s["simulated_s_per_wall_s"]
+    print(f"\n`evstream synth seg` end to end: {s['sequences']} sequence(s) x "
+          f"{args.dataset_seconds:g} s on {args.workers} worker(s), wall-clock time\n")
+    cpu_per_s = s["cpu_s"] / s["simulated_s"]
+    print("| sequences | simulated s | wall s | simulated s per wall s | events | frames | "
+          "virtual frames | MB written | worker CPU s per simulated s | 10 min of driving "
+          "takes (wall rate) | (CPU, on free cores) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {s['sequences']} | {s['simulated_s']:g} | {s['wall_s']:.1f} | {rate:.3f} | "
+          f"{s['events']:,} | {s['frames']:,} | {s['virtual_frames']:,} | "
+          f"{s['bytes'] / 1e6:.1f} | {cpu_per_s:.2f} | {600 / rate / 60:.0f} min | "
+          f"{600 * cpu_per_s / args.workers / 60:.0f} min |")
+
+
+def simulator_table(args) -> None:
     config = SimConfig(ba_rate_hz=args.ba_rate)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     rows = [run_one(float(s), args.frames, args.fps, args.height, args.width, config,

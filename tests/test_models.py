@@ -1,0 +1,100 @@
+"""The shipped models (models/<name>/): card, metrics and checkpoint agree, the checkpoint loads
+and runs in the worker's predictor, and its accuracy on a small held-out synthetic set, generated
+here with a fixed seed, stays above the figure in its metrics.json minus a margin. A broken
+checkpoint, a changed preprocessing or simulator fails this."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+MODELS_DIR = ROOT / "models"
+SHIPPED = sorted(p.parent.name for p in MODELS_DIR.glob("*/model.pt"))
+
+
+def test_models_readme_lists_every_shipped_model_and_the_default():
+    from evstream.commands.pipeline_args import SHIPPED_DEFAULT
+
+    text = (MODELS_DIR / "README.md").read_text()
+    assert SHIPPED, "no model is shipped"
+    for name in SHIPPED:
+        assert f"`{name}`" in text
+    assert SHIPPED_DEFAULT in SHIPPED
+    assert f"default: `{SHIPPED_DEFAULT}`" in text
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_metrics_and_checkpoint_agree(name):
+    from evstream.nn.checkpoint import load_model
+
+    d = MODELS_DIR / name
+    metrics = json.loads((d / "metrics.json").read_text())
+    card = (d / "card.md").read_text()
+    assert (d / "recipe.sh").exists()
+    key = "miou" if "miou" in metrics else "top1"
+    assert f"{100 * metrics[key]:.1f}" in card            # the card shows the same number
+    assert metrics["dataset_command"].startswith("evstream synth ") and "seed" in metrics
+    assert (d / "model.pt").stat().st_size < 8 * 2**20     # a few MB
+    model, cfg = load_model(str(d))
+    assert cfg["trained"] is True and cfg["name"] == name
+
+
+def _fixed_window(cfg: dict, h: int, w: int) -> np.ndarray:
+    """A deterministic voxel window from the seeded synthetic source."""
+    from evstream.represent import get_representation
+    from evstream.sources import open_source
+
+    rep = cfg["representation"]
+    with open_source(f"synthetic:?seed=11&rate=2e5&duration=0.05&width={w}&height={h}") as src:
+        from evstream.types import concat_events
+        ev = concat_events([p.events for p in src.packets()])
+    out = np.zeros((rep["num_bins"], h, w), np.float32)
+    get_representation(rep["name"]).compute(ev, h, w, out=out, num_bins=rep["num_bins"],
+                                            normalize=rep["normalize"])
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_runs_in_the_predictor_on_a_fixed_window(name):
+    from evstream.infer.predictor import Predictor
+    from evstream.nn.checkpoint import load_model
+
+    model, cfg = load_model(str(MODELS_DIR / name))
+    metrics = json.loads((MODELS_DIR / name / "metrics.json").read_text())
+    h, w = metrics["sensor"]["height"], metrics["sensor"]["width"]
+    pred = Predictor(model, cfg, device="cpu", threads=1, warmup=0, sensor_hw=(h, w))
+    pred.prepare((h, w))
+    win = _fixed_window(cfg, h, w)
+    a, b = pred.predict([win])[0], pred.predict([win.copy()])[0]
+    if cfg["task"] == "segmentation":
+        assert a["labels"].shape == (h, w)
+        assert np.array_equal(a["labels"], b["labels"])          # deterministic
+        assert set(np.unique(a["labels"])) <= set(range(cfg["num_classes"])) | {255}
+    else:
+        assert len(a["topk_ids"]) == min(5, cfg["num_classes"])
+        assert np.all(np.diff(a["topk_probs"]) <= 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_accuracy_on_a_fresh_held_out_set_holds(name, tmp_path):
+    metrics = json.loads((MODELS_DIR / name / "metrics.json").read_text())
+    check = metrics["ci_check"]
+    data = tmp_path / "data"
+    gen = check["dataset_command"].replace("OUT", str(data)).split()
+    r = subprocess.run([sys.executable, "-m", "evstream", *gen[1:], "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "evstream", "eval", str(MODELS_DIR / name),
+                        "--data", str(data), "--split", "test", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    key = "miou" if "miou" in check else "top1"
+    assert got[key] >= check[key] - check["margin"], (got[key], check)

@@ -31,7 +31,7 @@ xvfb:
 
 bench: $(STAMP)
 	$(PIP) -e ".[test,bench]"
-	for b in io voxel pipeline sim; do $(VENV)/bin/evstream bench $$b || exit 1; done
+	for b in io voxel pipeline sim e2e train; do $(VENV)/bin/evstream bench $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,126 @@
+"""Benchmark: end to end with the model, window end -> prediction drawn, on this machine.
+
+For each model: a live replay in real time (--speed 1) of the built-in demo recording (346x260,
+200 k events/s, 2.5 s; `evstream demo` writes it) through source -> ring -> window -> voxel ->
+zmq -> worker -> zmq -> viewer (headless, drawing every newest prediction into an MP4), then a
+lossless replay at --speed max for throughput. Per-stage breakdown from the stages' telemetry:
+
+    window     window end -> window sent (windowing + voxel grid + send)     window stage
+    h2d        host tensor staging (CPU: copy into the pinned/staging buffer) worker
+    forward    the network                                                    worker
+    d2h        back to host + argmax / confidence at sensor size              worker
+    worker     window end -> prediction sent (includes queueing, transport)   worker
+    drawn      window end -> frame drawn and written                          viewer
+
+Reference in the same run: the model's bare forward pass timed in this process with the same
+Predictor (threads as the worker picks them), so `drawn p50 / bare forward p50` is what the
+pipeline adds around the network.
+
+    .venv/bin/python tools/bench/e2e.py [--models NAME ...] [--seconds-lossless]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from evstream.config import (InferConfig, PipelineConfig, SourceConfig,  # noqa: E402
+                             ViewerConfig, WindowConfig)
+from evstream.pipeline import run_pipeline  # noqa: E402
+
+
+def bare_forward_ms(model_name: str, h: int, w: int, n: int = 20) -> dict:
+    from evstream.commands.pipeline_args import model_config_for
+    from evstream.infer.predictor import Predictor
+
+    cfg = model_config_for(model_name)
+    pred = Predictor.from_infer_config(InferConfig(model=model_name, warmup=3), (h, w))
+    pred.prepare((h, w))
+    c = cfg["in_channels"]
+    x = np.random.default_rng(0).standard_normal((c, h, w)).astype(np.float32)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        pred.predict([x])
+        ts.append((time.perf_counter() - t) * 1e3)
+    ts = np.array(ts)
+    return {"p50": float(np.percentile(ts, 50)), "p99": float(np.percentile(ts, 99)),
+            "threads": pred.info.get("threads")}
+
+
+def run(recording: str, model: str, lossless: bool, video: str) -> dict:
+    from evstream.commands.pipeline_args import model_config_for
+
+    mc = model_config_for(model)
+    rep = mc["representation"]
+    cfg = PipelineConfig(
+        source=SourceConfig(spec=recording, speed=None if lossless else 1.0),
+        window=WindowConfig(window_us=int(mc["window"].get("window_us", 50_000)),
+                            representation=rep["name"], num_bins=rep.get("num_bins", 5),
+                            normalize=bool(rep.get("normalize"))),
+        lossless=lossless, telemetry_interval_s=0, consumer="viewer",
+        infer=InferConfig(model=model), viewer=ViewerConfig(window=False, video=video))
+    res = run_pipeline(cfg)
+    if res.exit_code:
+        raise SystemExit(f"pipeline failed: {res.error}")
+    return res.summary
+
+
+def pct(d: dict, key: str = "p50") -> float:
+    return float(d.get(key, 0.0)) if d else 0.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="model names/paths (default: the shipped default and 'untrained')")
+    args = ap.parse_args(argv)
+    from evstream.commands.demo import demo_recording
+    from evstream.commands.pipeline_args import default_model
+
+    models = args.models or list(dict.fromkeys([default_model(), "untrained"]))
+    rec = str(demo_recording(quiet=True))
+    print(f"# end to end, {os.cpu_count()} CPUs, recording {rec}")
+    print("| model | mode | windows | predictions | drawn | dropped windows | window p50/p99 ms "
+          "| h2d p50 | forward p50/p99 | d2h p50 | worker p50/p99 | drawn p50/p99/max ms "
+          "| bare forward p50 | drawn p50 / bare |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            bare = bare_forward_ms(model, 260, 346)
+            for lossless in (False, True):
+                s = run(rec, model, lossless, os.path.join(tmp, "v.mp4"))
+                st = s["stages"]
+                win = s.get("window_latency_ms", {})
+                wk = st.get("worker", {}).get("latency", {})
+                lat = s["latency_ms"]
+                mode = "lossless max" if lossless else "live 1x"
+                print(f"| {s.get('model')} | {mode} | {s['windows']} | {s.get('predictions', 0)} "
+                      f"| {s.get('frames_drawn', 0)} | {s['dropped_windows']} "
+                      f"| {pct(win):.1f} / {pct(win, 'p99'):.1f} "
+                      f"| {pct(wk.get('h2d_ms', {})):.2f} "
+                      f"| {pct(wk.get('infer_ms', {})):.1f} / {pct(wk.get('infer_ms', {}), 'p99'):.1f} "
+                      f"| {pct(wk.get('d2h_ms', {})):.2f} "
+                      f"| {pct(s.get('worker_latency_ms', {})):.1f} / "
+                      f"{pct(s.get('worker_latency_ms', {}), 'p99'):.1f} "
+                      f"| {pct(lat):.1f} / {pct(lat, 'p99'):.1f} / {pct(lat, 'max'):.1f} "
+                      f"| {bare['p50']:.1f} ({bare['threads']} thr) "
+                      f"| {pct(lat) / bare['p50']:.2f} |", flush=True)
+                if lossless:
+                    rate = s.get("predictions", 0) / s["stream_s"] if s.get("stream_s") else 0
+                    print(f"|  | throughput | {rate:.1f} predictions/s over "
+                          f"{s['stream_s']:.2f} s |||||||||||", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -826,3 +826,43 @@ while time.monotonic() < deadline:
         assert r.stdout.split() == ["raised", "True"], r.stdout + r.stderr
     else:       # another OpenCV: either answer is handled
         assert r.stdout.split()[0] in ("raised", "returned")
+
+
+def test_closing_the_window_stops_the_whole_pipeline(xvfb, monkeypatch):
+    """A real pipeline (source, window, viewer processes) with the window on Xvfb: `q` in the
+    window ends the run at once with exit 0 and says why, though the source had a minute left."""
+    import threading
+
+    from evstream.pipeline import run_pipeline
+
+    _on_display(monkeypatch, xvfb)
+    title = f"evstream-pipeline-{os.getpid()}"
+    cfg = PipelineConfig(
+        source=SourceConfig(spec="synthetic:?seed=1&rate=1e5&duration=60&width=64&height=48",
+                            speed=1.0),
+        window=WindowConfig(), telemetry_interval_s=0, consumer="viewer",
+        viewer=ViewerConfig(window=True, title=title, on_close="stop"))
+    x11 = X11(xvfb.display)
+    pressed, ended = threading.Event(), threading.Event()
+
+    def on_started(info):
+        def press():        # press q in the window until the run ends (a key sent while Qt is
+            while not ended.is_set():           # still mapping the window may be lost)
+                geo = x11.viewable(title)
+                if geo:
+                    x11.key("q", geo[0] + 10, geo[1] + 10)
+                    pressed.set()
+                ended.wait(0.5)
+        threading.Thread(target=press, daemon=True).start()
+
+    t0 = time.monotonic()
+    try:
+        res = run_pipeline(cfg, on_started=on_started)
+    finally:
+        ended.set()
+        time.sleep(0.6)
+        x11.close()
+    assert pressed.is_set()
+    assert res.exit_code == 0, res.error
+    assert res.summary["end_reason"] == "viewer window closed"
+    assert time.monotonic() - t0 < 45

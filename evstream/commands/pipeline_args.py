@@ -128,7 +128,7 @@ def _endpoint_overrides(args) -> dict:
 
 # The model `run`/`replay` use without --model: the shipped student once it exists (issue 7 puts
 # it in models/<name>/), else the registered untrained network, labelled as such everywhere.
-SHIPPED_DEFAULT = "evdistill-r18-seg"
+SHIPPED_DEFAULT = "evdistill-r18q-seg"
 
 
 def default_model() -> str:

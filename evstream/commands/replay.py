@@ -18,7 +18,7 @@ from evstream.errors import EvstreamError
 HELP = "replay a recording through the pipeline: student predictions over the events"
 EXAMPLES = """  evstream replay file.aedat4                                # live overlay window
   evstream replay file.aedat4 --no-window --video out.mp4 --json
-  evstream replay file.aedat4 --model evdistill-r18-seg --speed 2 --loop
+  evstream replay file.aedat4 --model evdistill-r18q-seg --speed 2 --loop
   evstream replay file.aedat4 --speed max --lossless --no-model --no-viewer --json
   evstream replay file.raw --speed 0.5 --start 1.0 --end 3.0 --model ./run/student"""
 

@@ -15,7 +15,7 @@ from evstream.errors import EvstreamError
 
 HELP = "live camera -> student -> overlay window"
 EXAMPLES = """  evstream run --camera davis346
-  evstream run --camera davis346 --model evdistill-r18-seg --window-ms 50 --record out.aedat4
+  evstream run --camera davis346 --model evdistill-r18q-seg --window-ms 50 --record out.aedat4
   evstream run --camera any --serial DAVIS346_00000104 --no-window --video live.mp4
   evstream run tcp://127.0.0.1:7777 --json                  # a DV / dv-processing network stream
   # split over hosts: camera host -> GPU host -> viewer host

@@ -128,6 +128,9 @@ def save_checkpoint(path, state_dict: dict, config: dict, extra: dict | None = N
                "state_dict": sd, "extra": dict(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)       # mkstemp makes 0600; a checkpoint is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

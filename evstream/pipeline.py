@@ -333,6 +333,8 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
         "windows": c(first, "windows_in"),
         "dropped_events": dropped_events,
         "dropped_windows": sum(c(s, "dropped_windows") for s in stages),
+        # predictions the viewer skipped because a newer one had arrived (live mode)
+        "dropped_predictions": c(consumer, "dropped_predictions") + c(worker, "dropped_predictions"),
         # events inside windows that were built but not delivered (live mode: newest wins)
         "dropped_window_events": sum(c(s, "dropped_window_events") for s in stages),
         # the consumer's view: to delivery (sink) or to the drawn frame (viewer)

@@ -52,14 +52,22 @@ def test_no_camera_names_what_it_looked_for_and_found():
 
 def test_demo_writes_the_builtin_recording_and_summarises(tmp_path):
     env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)}
-    r = cli("demo", "--speed", "max", "--lossless", "--json", "--video",
-            str(tmp_path / "demo.mp4"), env=env)
+    video = tmp_path / "demo.mp4"
+    r = cli("demo", "--speed", "max", "--lossless", "--json", "--video", str(video), env=env)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["events_in"] == s["events_out"] == 500_000
-    assert s["dropped_events"] == 0 and s["windows"] == 50
+    rec = tmp_path / "evstream" / "demo-v2" / "seq_0000" / "events.aedat4"
+    from evstream.sources import open_source
+
+    with open_source(str(rec)) as src:
+        n = sum(len(p.events) for p in src.packets())
+    assert n > 100_000
+    assert s["events_in"] == s["events_out"] == n
+    assert s["dropped_events"] == 0 and s["windows"] == 50          # 2.5 s in 50 ms windows
     assert s["predictions"] == s["frames_drawn"] == 50
-    assert (tmp_path / "evstream" / "demo-v1.aedat4").exists()
+    assert s["model"] == "evdistill-r18q-seg" and s["trained"] is True
+    assert s["frames"] > 0                                           # APS frames beside events
+    assert video.stat().st_size > 0
 
 
 @pytest.mark.parametrize("command", [["run", "--no-model"], ["record", "OUT.aedat4"]])

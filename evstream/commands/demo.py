@@ -1,10 +1,9 @@
 """`evstream demo`: the job behind `make demo`.
 
-The built-in recording is a seeded synthetic scene (moving shapes with APS-like frames, 346x260
-like a DAVIS346) that `demo` writes once as .aedat4 through the same recorder `evstream record`
-uses, into the user's cache directory, and reuses after that: the recipe ships with the code,
-not a multi-megabyte binary (an LZ4 .aedat4 costs about 9 bytes per event). The same seed gives
-the same events every time (tests/test_synthetic.py checks determinism).
+The built-in recording is one 2.5 s sequence of the procedural driving world (`evstream synth
+seg`, seed 7: events from the ESIM simulator plus APS frames, 346x260 like a DAVIS346), generated
+once into the user's cache directory and reused after that: the recipe ships with the code, not a
+multi-megabyte binary. The same seed gives the same bytes (tests/test_synth.py checks that).
 
 Then it describes the file (`evstream info`) and replays it in real time through the whole
 pipeline (source -> ring -> windows -> voxel grid -> zmq -> student -> viewer, separate
@@ -16,6 +15,8 @@ throughput summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -26,8 +27,10 @@ EXAMPLES = """  evstream demo
   evstream demo --json
   evstream demo --speed max --lossless"""
 
-DEMO_SPEC = "synthetic:?seed=7&rate=2e5&duration=2.5&frame_rate=25&shapes=4&noise=0.02"
-DEMO_NAME = "demo-v1.aedat4"
+# The built-in recording: one sequence of the procedural driving world the shipped student was
+# trained on (a different seed from its dataset), events + APS frames, 346x260, 2.5 s.
+DEMO_SYNTH = ["seg", "--sequences", "1", "--seconds", "2.5", "--seed", "7", "--split", "0,0,1"]
+DEMO_NAME = "demo-v2"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -42,21 +45,26 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def demo_recording(path: str | None = None, quiet: bool = False) -> Path:
-    """The built-in recording, written on first use."""
-    if path is None:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evstream"
-        path = cache / DEMO_NAME
-    path = Path(path)
-    if not path.exists():
-        from evstream.commands.record import record
-        from evstream.sources import open_source
+    """The built-in recording (.aedat4 with events and APS frames), generated on first use with
+    `evstream synth` (deterministic: the same seed gives the same bytes)."""
+    if path is not None:
+        return Path(path)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evstream"
+    folder = cache / DEMO_NAME
+    rec = folder / "seq_0000" / "events.aedat4"
+    if not rec.exists():
+        from evstream.cli import main as cli_main
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         if not quiet:
-            print(f"writing the built-in recording to {path} ({DEMO_SPEC})", flush=True)
-        with open_source(DEMO_SPEC) as src:
-            record(src, str(path))
-    return path
+            print(f"generating the built-in recording in {folder} (evstream synth "
+                  f"{' '.join(DEMO_SYNTH)}; once, about half a minute)", flush=True)
+        argv = ["synth", DEMO_SYNTH[0], str(folder), *DEMO_SYNTH[1:], "--force", "--no-progress"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli_main(argv)
+        if rc or not rec.exists():
+            raise EvstreamError(f"could not generate the built-in recording in {folder}")
+    return rec
 
 
 def main(args) -> int:

@@ -291,7 +291,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"inference   {s['predictions']:,} predictions, forward p50 "
                      f"{inf.get('p50', 0):.1f} ms  p99 {inf.get('p99', 0):.1f} ms")
     if "frames_drawn" in s:
-        lines.append(f"viewer      {s['frames_drawn']:,} frames drawn")
+        lines.append(f"viewer      {s['frames_drawn']:,} frames drawn, "
+                     f"{s.get('dropped_predictions', 0):,} stale predictions skipped (live mode "
+                     f"draws the newest)")
     to = "drawn frame" if "frames_drawn" in s else "delivery"
     lines.append(f"latency     window end -> {to} p50 {lat.get('p50', 0):.2f} ms  "
                  f"p99 {lat.get('p99', 0):.2f} ms  max {lat.get('max', 0):.2f} ms")

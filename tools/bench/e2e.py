@@ -1,7 +1,7 @@
 """Benchmark: end to end with the model, window end -> prediction drawn, on this machine.
 
-For each model: a live replay in real time (--speed 1) of the built-in demo recording (346x260,
-200 k events/s, 2.5 s; `evstream demo` writes it) through source -> ring -> window -> voxel ->
+For each model: a live replay in real time (--speed 1) of a synthetic recording (RECORDING:
+346x260, 200 k events/s, 2.5 s, written to a temporary .aedat4 first) through source -> ring -> window -> voxel ->
 zmq -> worker -> zmq -> viewer (headless, drawing every newest prediction into an MP4), then a
 lossless replay at --speed max for throughput. Per-stage breakdown from the stages' telemetry:
 
@@ -36,6 +36,10 @@ sys.path.insert(0, str(ROOT))
 from evstream.config import (InferConfig, PipelineConfig, SourceConfig,  # noqa: E402
                              ViewerConfig, WindowConfig)
 from evstream.pipeline import run_pipeline  # noqa: E402
+
+
+# 346x260, 200 k events/s, 2.5 s of moving shapes with APS frames at 25 fps
+RECORDING = "synthetic:?seed=7&rate=2e5&duration=2.5&frame_rate=25&shapes=4&noise=0.02"
 
 
 def bare_forward_ms(model_name: str, h: int, w: int, n: int = 20) -> dict:
@@ -84,12 +88,15 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=None,
                     help="model names/paths (default: the shipped default and 'untrained')")
     args = ap.parse_args(argv)
-    from evstream.commands.demo import demo_recording
     from evstream.commands.pipeline_args import default_model
+    from evstream.commands.record import record
+    from evstream.sources import open_source
 
     models = args.models or list(dict.fromkeys([default_model(), "untrained"]))
-    rec = str(demo_recording(quiet=True))
-    print(f"# end to end, {os.cpu_count()} CPUs, recording {rec}")
+    rec = os.path.join(tempfile.mkdtemp(prefix="evstream-bench-"), "e2e.aedat4")
+    with open_source(RECORDING) as src:
+        record(src, rec)
+    print(f"# end to end, {os.cpu_count()} CPUs, recording {RECORDING}")
     print("| model | mode | windows | predictions | drawn | dropped windows | window p50/p99 ms "
           "| h2d p50 | forward p50/p99 | d2h p50 | worker p50/p99 | drawn p50/p99/max ms "
           "| bare forward p50 | drawn p50 / bare |")

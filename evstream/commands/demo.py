@@ -79,14 +79,15 @@ def main(args) -> int:
         rc = cli_main(["info", str(path)])
         if rc:
             return rc
-        print(f"\n$ evstream replay {path} --no-window --video {args.video} --speed {args.speed}",
-              flush=True)
+        print(f"\n$ evstream replay {path} --video {args.video} --speed {args.speed}", flush=True)
     try:
         os.makedirs(os.path.dirname(args.video) or ".", exist_ok=True)
     except OSError as e:
         raise EvstreamError(f"cannot create the folder for {args.video}: {e}") from None
-    argv = ["replay", str(path), "--no-window", "--video", args.video, "--speed", str(args.speed),
-            "--status-every", "1"]
+    # a window where there is a display (the video is written either way), headless otherwise
+    show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    argv = ["replay", str(path), *([] if show else ["--no-window"]), "--video", args.video,
+            "--speed", str(args.speed), "--status-every", "1"]
     if args.model:
         argv += ["--model", args.model]
     if args.lossless:

@@ -24,37 +24,6 @@ from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
 
-def drain_newest(sock, stats, first_timeout_ms: int, lossless: bool):
-    """Receive what is queued; lossless: all messages in order; live: newest per stream.
-
-    Returns (messages, stale) where stale are the messages live mode skipped.
-    """
-    from evstream.stream import wire
-
-    msg = wire.recv(sock, first_timeout_ms, stats)
-    if msg is None:
-        return [], []
-    msgs = [msg]
-    while True:
-        m = wire.recv(sock, 0, stats)
-        if m is None:
-            break
-        msgs.append(m)
-    if lossless:
-        return msgs, []
-    newest: dict[str, object] = {}
-    controls = []
-    for m in msgs:
-        if m.header.get("kind") in ("window", "prediction"):
-            newest[m.header.get("stream")] = m
-        else:
-            controls.append(m)
-    keep = list(newest.values()) + controls
-    kept = {id(m) for m in keep}
-    stale = [m for m in msgs if id(m) not in kept]
-    return keep, stale
-
-
 def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
     from evstream.stream import wire
 
@@ -94,7 +63,7 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         eos = True
                     continue
                 link.drain_done(True)
-                msgs, stale = drain_newest(sock, stats, 0, cfg.lossless)
+                msgs, stale = wire.drain(sock, stats, cfg.lossless)
                 if stale:
                     tel.count("dropped_windows", len(stale))
                     tel.count("dropped_window_events",

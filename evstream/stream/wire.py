@@ -274,6 +274,29 @@ def recv(sock: zmq.Socket, timeout_ms: int | None = None, stats: WireStats | Non
         return msg
 
 
+DRAWABLE_KINDS = ("window", "prediction")
+
+
+def drain(sock: zmq.Socket, stats: WireStats | None, lossless: bool,
+          first_timeout_ms: int = 0, kinds=DRAWABLE_KINDS) -> tuple[list, list]:
+    """Everything queued on `sock` (waiting up to `first_timeout_ms` for the first message)
+    -> (to_handle, stale). Lossless: all of it, in order. Live (the consumer's backpressure):
+    the newest message of `kinds` per stream plus every other message (control), in arrival
+    order; `stale` holds the messages of `kinds` skipped for a newer one."""
+    msgs = []
+    m = recv(sock, first_timeout_ms, stats)
+    while m is not None:
+        msgs.append(m)
+        m = recv(sock, 0, stats)
+    if lossless:
+        return msgs, []
+    newest = {m.header.get("stream"): i for i, m in enumerate(msgs) if m.kind in kinds}
+    keep = set(newest.values())
+    handle = [m for i, m in enumerate(msgs) if i in keep or m.kind not in kinds]
+    stale = [m for i, m in enumerate(msgs) if i not in keep and m.kind in kinds]
+    return handle, stale
+
+
 def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 

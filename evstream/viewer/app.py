@@ -53,12 +53,13 @@ import zmq
 from evstream.config import PipelineConfig, ViewerConfig
 from evstream.errors import EvstreamError
 from evstream.represent.preview import event_image
+from evstream.stream import wire
 from evstream.stream.telemetry import StageTelemetry
 from evstream.viewer import overlay
 from evstream.viewer.video import VideoOut, ensure_dir, write_png
 
 POLL_MS = 20
-DRAWABLE = ("prediction", "window")
+DRAWABLE = wire.DRAWABLE_KINDS
 ALPHA_STEP = 0.1
 LATENCY_REFRESH_S = 0.5         # how often the HUD's latency percentiles are recomputed
 DEFAULT_FPS = 20.0
@@ -105,30 +106,6 @@ def render_inputs(msg) -> dict:
         return {"event_img": a[0], "topk": (ids.astype(np.int64), probs.astype(np.float64)),
                 "classes": classes}
     raise ValueError(f"unknown task {task!r}")
-
-
-def drain(sock, stats, lossless: bool):
-    """Everything queued on `sock` -> (to_handle, stale). Lossless: all, in order. Live: the
-    newest drawable message of each stream plus every non-drawable one (control), in arrival
-    order; `stale` holds the drawable messages skipped."""
-    from evstream.stream import wire
-
-    msgs = []
-    while True:
-        m = wire.recv(sock, 0, stats)
-        if m is None:
-            break
-        msgs.append(m)
-    if lossless:
-        return msgs, []
-    newest = {}
-    for i, m in enumerate(msgs):
-        if m.kind in DRAWABLE:
-            newest[m.header.get("stream")] = i
-    keep = set(newest.values())
-    handle = [m for i, m in enumerate(msgs) if i in keep or m.kind not in DRAWABLE]
-    stale = [m for i, m in enumerate(msgs) if i not in keep and m.kind in DRAWABLE]
-    return handle, stale
 
 
 # -- the display ---------------------------------------------------------------------------------
@@ -180,8 +157,6 @@ class Viewer:
 
     def __init__(self, vc: ViewerConfig, *, lossless: bool = False, fps_hint: float = 0.0,
                  source: str = "", stream: str | None = None, on_close: str | None = None):
-        from evstream.stream import wire
-
         if vc.on_close not in ("stop", "continue"):
             raise EvstreamError(f"viewer on_close must be 'stop' or 'continue', not "
                                 f"{vc.on_close!r}")
@@ -246,8 +221,6 @@ class Viewer:
     def side_messages(self, sock) -> bool:
         """Everything queued on the side channel; keeps the newest APS frame. True at its
         end-of-stream message."""
-        from evstream.stream import wire
-
         while True:
             m = wire.recv(sock, 0, self.stats)
             if m is None:
@@ -466,7 +439,7 @@ def _wake(viewer: Viewer, poller, sock, side, lossless: bool) -> tuple[bool, boo
     if sock not in ready:
         viewer.pump()
         return False, False, side_done
-    msgs, stale = drain(sock, viewer.stats, lossless)
+    msgs, stale = wire.drain(sock, viewer.stats, lossless)
     eos = viewer.handle(msgs, stale)
     viewer.pump()
     return True, eos, side_done

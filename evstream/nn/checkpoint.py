@@ -32,11 +32,11 @@ import copy
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
 from evstream.nn.registry import build_model
 from evstream.nn.resnet import describe_mismatch, error_summary
@@ -126,28 +126,7 @@ def save_checkpoint(path, state_dict: dict, config: dict, extra: dict | None = N
     sd = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items()}
     payload = {"format": FORMAT, "version": VERSION, "config": copy.deepcopy(config),
                "state_dict": sd, "extra": dict(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)       # mkstemp makes 0600; a checkpoint is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable; best effort (some filesystems refuse directory fds)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

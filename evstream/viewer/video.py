@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
 from evstream.viewer.overlay import PANEL_BGR
 
@@ -99,11 +100,8 @@ def write_png(path: str | os.PathLike, frame: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", frame)
     if not ok:
         raise EvstreamError(f"{path}: cannot encode the frame as PNG")
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(data.tobytes()), durable=False)
     except OSError as e:
         raise EvstreamError(f"{path}: cannot write the PNG file ({e.strerror})") from None
 

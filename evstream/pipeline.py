@@ -55,23 +55,20 @@ class _Terminate(Exception):
 STAGE_ORDER = ("source", "window", "worker", "viewer", "sink")
 
 
-def _stage_functions() -> dict:
-    from evstream.sources.stage import source_stage
-    from evstream.stream.sink import sink_stage
-    from evstream.stream.window_stage import window_stage
-
-    fns = {"source": source_stage, "window": window_stage, "sink": sink_stage}
-    try:
-        from evstream.infer.worker import worker_stage
-        fns["worker"] = worker_stage
-    except ImportError:
-        pass
-    try:
-        from evstream.viewer.app import viewer_stage
-        fns["viewer"] = viewer_stage
-    except ImportError:
-        pass
-    return fns
+def _stage_function(name: str):
+    """The process function of a stage, imported only when the pipeline has that stage (the
+    worker pulls in torch, which a --no-model run never needs)."""
+    if name == "source":
+        from evstream.sources.stage import source_stage as fn
+    elif name == "window":
+        from evstream.stream.window_stage import window_stage as fn
+    elif name == "worker":
+        from evstream.infer.worker import worker_stage as fn
+    elif name == "viewer":
+        from evstream.viewer.app import viewer_stage as fn
+    else:
+        from evstream.stream.sink import sink_stage as fn
+    return fn
 
 
 def stage_names(cfg: PipelineConfig) -> list[str]:
@@ -89,8 +86,7 @@ def stage_names(cfg: PipelineConfig) -> list[str]:
 
 
 def _stages(cfg: PipelineConfig) -> dict:
-    fns = _stage_functions()
-    return {name: fns[name] for name in stage_names(cfg)}
+    return {name: _stage_function(name) for name in stage_names(cfg)}
 
 
 def make_endpoints(cfg: PipelineConfig, tmpdir: str) -> dict:
@@ -131,7 +127,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
             on_started({"pids": {name: p.pid for name, p in procs.items()},
                         "endpoints": dict(endpoints)})
         _supervise(cfg, link, procs, result, status, state,
-                   restart=lambda name: _start(ctx, name, _stages(cfg)[name], cfg, endpoints))
+                   restart=lambda name: _start(ctx, name, _stage_function(name), cfg, endpoints))
     except (KeyboardInterrupt, _Terminate):
         result.summary["interrupted"] = True
     finally:

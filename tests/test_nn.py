@@ -453,3 +453,50 @@ def test_geometry_errors():
                     match="model output is 16x16")
     with pytest.raises(ValueError):
         to_network(torch.zeros(10, 10), {})
+
+
+def test_instance_input_norm():
+    """input_norm="instance" standardises each sample before the stem: the output ignores a
+    per-sample brightness offset and contrast gain, adds no parameters, leaves the input alone,
+    and survives a checkpoint round trip; raw input ("none") does not have that invariance."""
+    from evstream.nn.resnet import INSTANCE_EPS, standardize
+
+    x = torch.randn(3, 2, 16, 16) * torch.tensor([0.1, 1.0, 3.0]).view(3, 1, 1, 1) + 0.4
+    keep = x.clone()
+    z = standardize(x)
+    assert torch.equal(x, keep)
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5)
+    var = x.var(dim=(1, 2, 3), correction=0)
+    assert torch.allclose(z.var(dim=(1, 2, 3), correction=0), var / (var + INSTANCE_EPS ** 2),
+                          atol=1e-5)
+    assert standardize(torch.full((1, 1, 4, 4), 0.7)).abs().max() < 1e-4     # blank frame -> 0
+
+    torch.manual_seed(0)
+    cfg = {"arch": "classifier", "backbone": "tiny", "in_channels": 1, "num_classes": 4}
+    plain = build_model(cfg).eval()
+    torch.manual_seed(0)
+    normed = build_model({**cfg, "input_norm": "instance"}).eval()
+    assert plain.state_dict().keys() == normed.state_dict().keys()
+    img = torch.rand(2, 1, 32, 32)
+    moved = 0.5 * img - 0.6                   # a darker, lower-contrast exposure of the same frame
+    with torch.inference_mode():
+        d_normed = (normed(img) - normed(moved)).abs().max()
+        d_plain = (plain(img) - plain(moved)).abs().max()
+    # exact up to the eps term: (0.29^2 + eps^2) vs (0.145^2 + eps^2) -> ~1 % of the logits
+    assert d_normed < 0.02 * plain(img).abs().max() and d_plain > 20 * d_normed
+    with pytest.raises(EvstreamError, match="input_norm"):
+        build_model({**cfg, "input_norm": "batch"})
+
+
+def test_input_norm_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    cfg = default_config(name="cls-norm", arch="classifier", backbone="tiny", in_channels=1,
+                         num_classes=4, task="classification", classes=list("abcd"),
+                         colors=[[0, 0, 0]] * 4, input_norm="instance", trained=True)
+    model = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "m.pt", model.state_dict(), cfg)
+    loaded, lcfg = load_model(tmp_path / "m.pt")
+    assert lcfg["input_norm"] == "instance" and loaded.backbone.input_norm == "instance"
+    x = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))

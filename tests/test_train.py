@@ -182,9 +182,23 @@ def test_overrides_types_and_errors():
     assert cfg.student.extra == {"head_channels": 8}
     for bad, words in [("nope=1", "unknown key nope"), ("stage2.iterations=x", "not of type int"),
                        ("stage2.batch_size=0", "batch_size"), ("loss.bmr=false", "needs setting"),
-                       ("setting=magic", "paper, paired"), ("novalue", "key.path=value")]:
+                       ("setting=magic", "paper, paired"), ("novalue", "key.path=value"),
+                       ("loss.a2e_width=-1", "a2e_width")]:
         with pytest.raises(EvstreamError, match=words):
             C.apply_overrides(C.preset("tiny"), [bad])
+
+
+def test_bmr_widths_follow_the_config():
+    from evstream.nn import build_model
+
+    student = build_model({"arch": "classifier", "backbone": "tiny", "in_channels": 5,
+                           "num_classes": 3})
+    default = build_bmr({"e2a", "a2e"}, student, 5, 1, tiny=True)
+    narrow = build_bmr({"e2a", "a2e"}, student, 5, 1, tiny=False, e2a_width=12, a2e_width=4)
+    assert default["a2e"].enc1[0][0].out_channels == 8 and default["e2a"].stem[0].out_channels == 16
+    assert narrow["a2e"].enc1[0][0].out_channels == 4 and narrow["e2a"].stem[0].out_channels == 12
+    x = torch.randn(2, 1, 32, 32)
+    assert narrow["a2e"](x).shape == (2, 5, 32, 32)
 
 
 def test_warmup_then_poly():

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
              "(paper setting: the student never sees event labels) from a teacher trained on "
              "labelled APS frames.", "",
              "## Intended use", "",
-             f"- Sensor: {w}x{h} (DAVIS346 geometry); input to the network: resize to "
+             f"- Sensor: {w}x{h}{' (DAVIS346 geometry)' if (w, h) == (346, 260) else ''}; "
+             f"input to the network: resize to "
              f"{inp.get('resize')} then pad to a multiple of {inp.get('pad_multiple')}; "
              "predictions are mapped back to sensor pixels.",
              f"- Representation: {rep['name']}, {rep.get('num_bins')} bins, normalize "

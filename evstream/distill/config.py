@@ -101,6 +101,9 @@ class LossCfg:
     adversarial: float = 0.0           # output-space adversarial term (off by default)
     adversarial_kind: str = "lsgan"    # "lsgan" | "bce"
     bmr: bool = True                   # E2A/A2E modules at all (ablation: False)
+    e2a_width: int = 0                 # E2A channels (0: 64, or 16 with a "tiny" student)
+    a2e_width: int = 0                 # A2E U-Net base channels (0: 32, or 8 with "tiny"); its
+                                       # full-resolution convs are most of stage 2's compute
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,10 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
     for key in ("ce", "recon", "consistency", "pixel_kd", "affinity", "adversarial"):
         if not getattr(cfg.loss, key) >= 0:
             raise EvstreamError(f"config loss.{key}: must be >= 0")
+    for key in ("e2a_width", "a2e_width"):
+        v = getattr(cfg.loss, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise EvstreamError(f"config loss.{key}: must be an integer >= 0 (0: default)")
     if cfg.setting == "paper" and not cfg.loss.bmr:
         raise EvstreamError("config: setting paper pairs unpaired events and images through BMR; "
                             "loss.bmr=false needs setting paired (or events_gt / pseudo_aps)")

@@ -79,17 +79,19 @@ def stage2_modules(cfg: TrainCfg) -> set[str]:
 
 
 def build_bmr(names: set[str], student: nn.Module, event_channels: int, image_channels: int,
-              tiny: bool) -> dict[str, nn.Module]:
-    """E2A (student features -> image) and A2E (image -> events) sized for this student."""
+              tiny: bool, e2a_width: int = 0, a2e_width: int = 0) -> dict[str, nn.Module]:
+    """E2A (student features -> image) and A2E (image -> events) sized for this student; a
+    width of 0 takes the default (64 / 32, or 16 / 8 for a tiny student)."""
     out = {}
     if "e2a" in names:
         out["e2a"] = build_model({"arch": "e2a", "in_channels": student.feat_channels,
                                   "out_channels": image_channels,
                                   "low_channels": getattr(student, "low_channels", 0) or 0,
-                                  "width": 16 if tiny else 64})
+                                  "width": e2a_width or (16 if tiny else 64)})
     if "a2e" in names:
         out["a2e"] = build_model({"arch": "a2e", "in_channels": image_channels,
-                                  "out_channels": event_channels, "width": 8 if tiny else 32})
+                                  "out_channels": event_channels,
+                                  "width": a2e_width or (8 if tiny else 32)})
     return out
 
 

@@ -786,7 +786,8 @@ def _main(cfg: C.TrainCfg, d: Dist, resume: bool, on_start) -> dict:
             tiny = cfg.student.backbone == "tiny"
             torch.manual_seed(cfg.seed + 3)
             models.update(build_bmr(names, student, info["event_channels"],
-                                    info["image_channels"], tiny))
+                                    info["image_channels"], tiny, cfg.loss.e2a_width,
+                                    cfg.loss.a2e_width))
             if "disc" in names:
                 models["disc"] = build_discriminator(len(info["classes"]), tiny)
             for k in ("e2a", "a2e"):

@@ -10,6 +10,8 @@ Registered architectures and the config keys they read (other keys are ignored):
                    head_channels (default 256; 32 for "tiny"), low_proj_channels (48; 12 for tiny)
     classifier     backbone, in_channels, num_classes, output_stride (8 | 16 | 32, default 32),
                    dropout (default 0.0)
+    both also read input_norm ("none" default | "instance": per-sample standardisation in the
+    backbone, see resnet.py)
     e2a            in_channels (feature channels), out_channels (1), low_channels (0), width (64),
                    steps (2)
     a2e            in_channels (image channels, 1), out_channels (event channels, 5), width (32)
@@ -29,7 +31,7 @@ from evstream.errors import EvstreamError
 from evstream.nn.bmr import A2E, E2A
 from evstream.nn.classifier import Classifier
 from evstream.nn.deeplab import DeepLabV3Plus
-from evstream.nn.resnet import ResNet, list_backbones
+from evstream.nn.resnet import INPUT_NORMS, ResNet, list_backbones
 
 _REGISTRY: dict[str, Callable[[dict], nn.Module]] = {}
 
@@ -75,7 +77,11 @@ def _backbone(cfg: dict, output_stride: int) -> ResNet:
     if name not in list_backbones():
         raise EvstreamError(f"model config ({cfg.get('arch')}): unknown backbone {name!r} "
                             f"(known: {', '.join(list_backbones())})")
-    return ResNet(name, _int(cfg, "in_channels"), output_stride)
+    input_norm = cfg.get("input_norm", "none")
+    if input_norm not in INPUT_NORMS:
+        raise EvstreamError(f"model config ({cfg.get('arch')}): input_norm must be one of "
+                            f"{', '.join(INPUT_NORMS)}, got {input_norm!r}")
+    return ResNet(name, _int(cfg, "in_channels"), output_stride, input_norm)
 
 
 @register_model("deeplabv3plus")

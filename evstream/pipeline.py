@@ -333,6 +333,9 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
         "dropped_predictions": c(consumer, "dropped_predictions") + c(worker, "dropped_predictions"),
         # events inside windows that were built but not delivered (live mode: newest wins)
         "dropped_window_events": sum(c(s, "dropped_window_events") for s in stages),
+        # events that arrived after the wall-clock deadline had already closed their window
+        # (a source stalled for longer than --deadline-ms): not in any window
+        "late_events": int(win.get("gauges", {}).get("late_events", 0)),
         # the consumer's view: to delivery (sink) or to the drawn frame (viewer)
         "latency_ms": merge_latency(consumer, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),

@@ -23,7 +23,7 @@ from evstream.represent import (NEVER_US, get_representation, histogram, histogr
                                 last_timestamps, last_timestamps_numpy, list_representations,
                                 register_representation, time_surface, time_surface_numpy,
                                 voxel_grid, voxel_grid_numpy)
-from evstream.types import EVENT_DTYPE, make_events
+from evstream.types import EVENT_DTYPE, concat_events, make_events
 
 H, W = 26, 34          # small sensor: dense voxels, fast tests
 RTOL = ATOL = 1e-5     # float32 rounding, see voxel.py / timesurface.py
@@ -506,3 +506,117 @@ def test_last_timestamps_equal_dv_time_surface_on_a_real_recording(realdata):
     seen = ours != NEVER_US
     np.testing.assert_allclose(s[seen], np.exp(-(t_ref - ours[seen]) / 30_000), rtol=1e-6)
     assert not s[~seen].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental voxel grid (VoxelAccumulator): always exactly voxel_grid, bit for bit
+
+def bits(grid):
+    return grid.view(np.uint32)
+
+
+def stream_voxels(events, window_us, chunks, num_bins, height, width, normalize=False):
+    """Drive a Windower and the accumulator the way the window stage does (finish the ready
+    windows, then add the open window's events); -> [(window, grid, exact)]."""
+    from evstream.represent.voxel import VoxelAccumulator
+    from evstream.stream.window import Window, WindowSpec, Windower
+
+    win = Windower(WindowSpec(window_us=window_us), reuse_buffers=True)
+    acc = VoxelAccumulator(num_bins, height, width, normalize=normalize)
+    out, current = [], None
+
+    def close(windows):
+        nonlocal current
+        for w in windows:
+            if current == w.index:
+                grid, exact = acc.finish(w.events)
+                current = None
+            else:
+                grid, exact = voxel_grid(w.events, num_bins, height, width, normalize), None
+            # reuse_buffers: a window's events are valid until the next push, so keep a copy
+            w = Window(w.index, w.t0_us, w.t1_us, w.events.copy())
+            out.append((w, grid.copy(), exact,
+                        voxel_grid(w.events, num_bins, height, width, normalize)))
+
+    for lo, hi in zip(chunks[:-1], chunks[1:]):
+        close(win.push(events[lo:hi]))
+        ow = win.open_window()
+        if ow is not None and len(ow.events):
+            if current != ow.index:
+                acc.begin(np.full((num_bins, height, width), np.nan, np.float32),
+                          t_last_guess_us=ow.t1_us - 1)
+                current = ow.index
+            acc.update(ow.events)
+    close(win.finish())
+    return out
+
+
+@pytest.mark.parametrize("num_bins", [1, 2, 5, 9])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_accumulated_voxels_are_bit_identical_on_dense_random_streams(num_bins, normalize):
+    rng = np.random.default_rng(num_bins)
+    ev = random_events(60_000, width=W, height=H, t0=7, duration_us=40_000, seed=num_bins)
+    ev["t"][rng.choice(len(ev), 200)] = 9_999   # some windows end exactly at their end - 1
+    ev = np.sort(ev, order="t", kind="stable")
+    chunks = [0, *np.sort(rng.choice(np.arange(1, len(ev)), 300, replace=False)), len(ev)]
+    res = stream_voxels(ev, 1_000, chunks, num_bins, H, W, normalize)
+    assert sum(len(w.events) for w, *_ in res) == len(ev)
+    fast = [exact for _, _, exact, _ in res if exact]
+    assert len(fast) >= len(res) // 2          # the fast path is what this test is about
+    for w, grid, exact, ref in res:
+        assert np.array_equal(bits(grid), bits(ref)), (w.index, exact)
+    for w, grid, exact, _ in res[::7]:          # and the reference agrees as usual
+        assert_same(grid, voxel_grid_numpy(w.events, num_bins, H, W, normalize))
+
+
+def test_accumulated_voxels_are_bit_identical_on_real_recordings(realdata):
+    from evstream.sources import open_source
+
+    hits = 0
+    for name, window_us in (("davis346_aestream_davis.aedat4", 2_000),
+                            ("dvxplorer-lite_tonic_sample.aedat4", 5_000)):
+        src = open_source(str(realdata / "aedat4" / name))
+        with src:
+            packets = [p.events for p in src.packets() if len(p.events)]
+            height, width = src.height, src.width
+        ev = concat_events(packets)
+        sizes = np.random.default_rng(1).integers(1, 3_000, len(ev) // 500)
+        chunks = sorted({0, len(ev), *np.minimum(np.cumsum(sizes), len(ev)).tolist()})
+        res = stream_voxels(ev, window_us, chunks, 5, height, width)
+        for w, grid, exact, ref in res:
+            assert np.array_equal(bits(grid), bits(ref)), (name, w.index, exact)
+        hits += sum(1 for *_, exact, _ in res if exact)
+        assert any(exact is False for *_, exact, _ in res)      # misses recompute
+    assert hits >= 10
+
+
+def test_accumulator_guess_miss_long_span_and_errors():
+    from evstream.represent.voxel import VoxelAccumulator
+
+    acc = VoxelAccumulator(3, H, W)
+    out = np.empty((3, H, W), np.float32)
+    ev = random_events(5_000, width=W, height=H, duration_us=3_000_000_000, seed=3)
+    ev["t"][-1] = 3_000_000_000 - 1              # dT > 2**24: the exact-lower-weight path
+    for guess, want in ((3_000_000_000 - 1, True), (3_000_000_000, False)):
+        acc.begin(out, t_last_guess_us=guess)
+        for k in (1, 100, 4_000):
+            acc.update(ev[:k])
+        grid, exact = acc.finish(ev)
+        assert grid is out and exact is want
+        assert np.array_equal(bits(grid), bits(voxel_grid(ev, 3, H, W)))
+    acc.begin(out, t_last_guess_us=10)           # empty window: zeros, like voxel_grid
+    assert acc.finish(ev[:0])[0].any() == False  # noqa: E712
+    bad = ev.copy()
+    bad["x"][2_000] = W
+    acc.begin(out, t_last_guess_us=int(bad["t"][-1]))
+    acc.update(bad[:3_000])
+    with pytest.raises(ValueError, match="event 2000 .* outside the 34x26 sensor"):
+        acc.finish(bad)
+    unsorted = ev.copy()
+    unsorted["t"][10] = unsorted["t"][11] + 1
+    acc.begin(out, t_last_guess_us=int(unsorted["t"][-1]))
+    acc.update(unsorted)
+    with pytest.raises(ValueError, match="not sorted"):
+        acc.finish(unsorted)
+    with pytest.raises(ValueError, match="before begin"):
+        acc.update(ev)

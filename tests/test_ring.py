@@ -191,6 +191,77 @@ def test_max_events_and_empty_and_end_of_stream():
             ring.writer()
 
 
+def test_read_into_a_callers_array():
+    with EventRing.create(100) as ring:
+        w, r = ring.writer(), ring.reader()
+        w.write(seq_events(0, 90))
+        room = np.zeros(40, EVENT_DTYPE)
+        a = r.read(timeout=0, out=room)                      # at most len(out) events
+        assert len(a) == 40 and np.shares_memory(a, room)
+        assert np.array_equal(a, seq_events(0, 40))
+        b = r.read(timeout=0, max_events=7, out=np.zeros(40, EVENT_DTYPE))
+        assert np.array_equal(b, seq_events(40, 7))
+        w.write(seq_events(90, 50))                          # wraps around the ring
+        c = r.read(timeout=0, out=np.zeros(200, EVENT_DTYPE))
+        assert np.array_equal(c, seq_events(47, 93))
+        for bad in (np.zeros(0, EVENT_DTYPE), np.zeros(4, np.int64), np.zeros(8, EVENT_DTYPE)[::2],
+                    np.zeros((2, 2), EVENT_DTYPE)):
+            with pytest.raises(ValueError, match="out must be"):
+                r.read(timeout=0, out=bad)
+
+
+def test_idle_reader_sleeps_on_the_futex_and_wakes_at_once():
+    """A reader with nothing to read blocks (no CPU) and returns as soon as a write commits;
+    a write from another process wakes it too (the cross-process case is in the latency test)."""
+    import threading
+
+    from evstream.stream import ring as ring_mod
+
+    if ring_mod._syscall is None:
+        pytest.skip("no futex on this platform: readers poll with a sleeping back-off")
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer(), ring.reader()
+        cpu0, t0 = time.process_time(), time.monotonic()
+        assert len(r.read(timeout=0.3)) == 0                  # nothing comes: waits it out
+        idle_cpu, waited = time.process_time() - cpu0, time.monotonic() - t0
+        assert waited >= 0.3 and idle_cpu < 0.1, (waited, idle_cpu)
+        woke = []
+
+        def write_later():
+            time.sleep(0.05)
+            woke.append(time.monotonic())
+            w.write(seq_events(0, 3))
+
+        th = threading.Thread(target=write_later)
+        th.start()
+        got = r.read(timeout=5)
+        delay = time.monotonic() - woke[0]
+        th.join()
+        assert np.array_equal(got, seq_events(0, 3))
+        assert delay < 0.05                                   # not the 100 ms wait cap
+        th = threading.Thread(target=lambda: (time.sleep(0.05), w.close_stream()))
+        th.start()
+        t0 = time.monotonic()
+        assert r.read(timeout=5) is None and time.monotonic() - t0 < 1
+        th.join()
+
+
+def test_without_futexes_waits_are_sleeps(monkeypatch):
+    from evstream.stream import ring as ring_mod
+
+    monkeypatch.setattr(ring_mod, "_syscall", None)
+    with EventRing.create(10) as ring:
+        w, r = ring.writer("lossless"), ring.reader()
+        t0 = time.monotonic()
+        assert len(r.read(timeout=0.05)) == 0 and time.monotonic() - t0 >= 0.05
+        assert w.write(seq_events(0, 10)) == 10
+        t0 = time.monotonic()
+        assert w.write(seq_events(10, 5), timeout=0.05) == 0      # full: waits it out
+        assert time.monotonic() - t0 >= 0.05
+        assert np.array_equal(r.read(timeout=0), seq_events(0, 10))
+        assert w.write(seq_events(10, 5), timeout=1) == 5
+
+
 def test_write_validation():
     with EventRing.create(10) as ring:
         w = ring.writer()
@@ -233,23 +304,28 @@ def test_live_write_larger_than_ring_and_lapped_reader():
         assert np.array_equal(out, seq_events(4510, 1000))
 
 
-def test_overwrite_during_copy_is_cut_and_counted():
+@pytest.mark.parametrize("into", [False, True])
+def test_overwrite_during_copy_is_cut_and_counted(into):
     """The seqlock re-check, made deterministic: the writer laps the reader in the middle of
-    its copy (and the copy came out torn); the reader drops exactly the overwritten part."""
+    its copy (and the copy came out torn); the reader drops exactly the overwritten part, also
+    when it reads into a caller's array."""
     with EventRing.create(100) as ring:
         w, r = ring.writer("live"), ring.reader()
         w.write(seq_events(0, 100))
         real_copy = ring._copy_out
 
-        def torn_copy(start, end):
-            out = real_copy(start, end)
+        def torn_copy(start, end, dst=None):
+            out = real_copy(start, end, dst)
             w.write(seq_events(100, 30))        # overwrites the slots of events 0..29
             out[:30]["x"] = 9999                 # as a copy racing that write may see them
             return out
 
         ring._copy_out = torn_copy
-        out = r.read(timeout=0)
+        room = np.zeros(150, EVENT_DTYPE)
+        out = r.read(timeout=0, out=room if into else None)
         ring._copy_out = real_copy
+        if into:                                 # a view of the caller's array, cut in front
+            assert np.shares_memory(out, room) and out.ctypes.data == room[30:].ctypes.data
         assert np.array_equal(out, seq_events(30, 70))
         assert r.lost == 30
         assert np.array_equal(r.read(timeout=0), seq_events(100, 30))

@@ -371,3 +371,100 @@ def test_offline_windows_are_views_into_the_input():
         assert all(np.shares_memory(w.events, ev) for w in ws if len(w.events))
         assert all(not w.events.flags.writeable for w in ws)
         assert sum(len(w.events) for w in ws) == len(ev)
+
+
+def test_open_window_is_a_growing_prefix_of_the_emitted_window():
+    ev = bursty_events(4_000, seed=5)
+    spec = WindowSpec(window_us=5_000, stride_us=3_000)
+    assert Windower(spec).open_window() is None                     # not anchored yet
+    assert Windower(WindowSpec(mode="count", count=10)).open_window() is None
+    win = Windower(spec, reuse_buffers=True)
+    seen: dict[int, np.ndarray] = {}
+    emitted = []
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(1, len(ev)), 300, replace=False))
+    for lo, hi in zip([0, *cuts], [*cuts, len(ev)]):
+        for w in win.push(ev[lo:hi]):
+            if w.index in seen:                # what was open is a prefix of what closed
+                assert np.array_equal(w.events[:len(seen[w.index])], seen[w.index])
+            emitted.append((w.index, w.events.copy()))
+        ow = win.open_window()
+        assert ow.index == win.next_index and not ow.events.flags.writeable
+        assert ow.t1_us - ow.t0_us == 5_000
+        assert ((ow.events["t"] >= ow.t0_us) & (ow.events["t"] < ow.t1_us)).all()
+        if ow.index in seen:
+            assert len(ow.events) >= len(seen[ow.index])
+        seen[ow.index] = ow.events.copy()
+    win.finish()
+    assert win.open_window() is None
+    offline = windows_offline(ev, spec)
+    assert [i for i, _ in emitted] == [w.index for w in offline[:len(emitted)]]
+
+
+@pytest.mark.parametrize("spec", [WindowSpec(window_us=10_000),
+                                  WindowSpec(window_us=10_000, stride_us=3_000),
+                                  WindowSpec(window_us=2_000, stride_us=7_000),
+                                  WindowSpec(mode="count", count=100, stride_count=30)])
+@pytest.mark.parametrize("reuse", [False, True])
+def test_push_reserved_equals_push(spec, reuse):
+    """Writing batches into reserve()'s room (also not at its start, as a ring read cut in
+    front leaves them) gives exactly the windows of push / windows_offline."""
+    ev = bursty_events(3_000, seed=4)
+    rng = np.random.default_rng(1)
+    win = Windower(spec, reuse_buffers=reuse)
+    got = []
+    cuts = np.sort(rng.choice(np.arange(1, len(ev)), 60, replace=False))
+    for lo, hi in zip([0, *cuts], [*cuts, len(ev)]):
+        n = hi - lo
+        shift = int(rng.integers(0, 3))
+        room = win.reserve(n + shift + int(rng.integers(0, 50)))
+        assert room.flags.writeable and room.dtype == EVENT_DTYPE
+        room[shift:shift + n] = ev[lo:hi]
+        got += [(w.index, w.t0_us, w.t1_us, w.events.copy())
+                for w in win.push_reserved(room[shift:shift + n])]
+    got += [(w.index, w.t0_us, w.t1_us, w.events.copy()) for w in win.finish()]
+    want = windows_offline(ev, spec)
+    assert [g[:3] for g in got] == [(w.index, w.t0_us, w.t1_us) for w in want]
+    assert all(np.array_equal(g[3], w.events) for g, w in zip(got, want))
+    assert win.events_in == len(ev)
+    with pytest.raises(ValueError, match="reserve"):
+        win.reserve(10)                                     # after finish
+
+
+def test_push_reserved_refuses_foreign_arrays_and_keeps_checks():
+    win = Windower(WindowSpec(window_us=1_000))
+    ev = events_at([10, 20, 30])
+    with pytest.raises(ValueError, match="room given by reserve"):
+        win.push_reserved(ev)                               # not the windower's memory
+    room = win.reserve(8)
+    room[:3] = ev
+    assert win.push_reserved(room[:3]) == []
+    room = win.reserve(8)
+    room[:2] = events_at([5, 6])
+    with pytest.raises(ValueError, match="back in time"):
+        win.push_reserved(room[:2])
+    assert win.buffered_events == 3                         # nothing of the bad batch kept
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_preallocated_buffers_give_the_same_windows(reuse):
+    ev = bursty_events(3_000, seed=6)
+    spec = WindowSpec(window_us=10_000)
+    win = Windower(spec, reuse_buffers=reuse, capacity_events=256)   # small: it must grow too
+    assert win._buf.arr is not None and len(win._buf.arr) == 256
+    got = []
+    for lo in range(0, len(ev), 97):
+        got += [(w.index, w.events.copy()) for w in win.push(ev[lo:lo + 97])]
+    got += [(w.index, w.events.copy()) for w in win.finish()]
+    want = windows_offline(ev, spec)
+    assert [g[0] for g in got] == [w.index for w in want]
+    assert all(np.array_equal(g[1], w.events) for g, w in zip(got, want))
+    # a stream of another dtype drops the preallocated EVENT_DTYPE buffer
+    other = np.zeros(len(ev), [("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("p", "i1"),
+                               ("extra", "<f4")])
+    for f in "txyp":
+        other[f] = ev[f]
+    win = Windower(spec, reuse_buffers=reuse, capacity_events=4096)
+    out = win.push(other) + win.finish()
+    assert [len(w.events) for w in out] == [len(w.events) for w in want]
+    assert all(w.events.dtype == other.dtype for w in out)

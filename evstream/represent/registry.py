@@ -11,6 +11,11 @@ instance of it, and `get_representation(name)` hands that instance out. An insta
     requires_sorted: bool                    raises ValueError on events not sorted by t
     test_params: tuple[dict, ...]            parameter sets the registry-driven tests run
 
+Optional: `accumulator(height, width, **params)` -> an object with `begin(out, t_last_guess_us)`,
+`update(events_so_far)` and `finish(window_events) -> (grid, exact_fast_path)` that builds a
+time window's tensor while the window is still open and always returns exactly what
+`compute` would (see `VoxelAccumulator` in voxel.py). The window stage uses it when present.
+
 `channels` accepts the same keyword parameters as `compute`, so a caller can size its output
 buffers from the one parameter dict it will compute with.
 

@@ -38,8 +38,11 @@ splits. (An advance past the last event adds the windows it closes, which the ar
 cannot know about.)
 
 Memory and copies: `push` copies each batch into the windower's own buffer (so a caller may
-reuse or release its array, e.g. a shared-memory ring slot) and keeps only the events that a
-window not yet emitted still needs: events before the next window's start are dropped. A
+reuse or release its array, e.g. a shared-memory ring slot); `reserve(n)` + `push_reserved(part)`
+let a producer write a batch straight into that buffer instead (the window stage reads the ring
+into it: one copy fewer per event), with the same checks and results as `push`. The windower
+keeps only the events that a window not yet emitted still needs: events before the next
+window's start are dropped. A
 `Window.events` is a read-only view into that buffer, never copied and never changed later: the
 buffer is only written past its end, and grows or compacts into a fresh array, so an emitted
 view stays valid for as long as the caller holds it. `windows_offline` returns views into the
@@ -131,22 +134,42 @@ class _Buffer:
         if self.arr is None:
             self.arr = np.zeros(max(_MIN_CAPACITY, 2 * n), events.dtype)
         elif self.tail + n > len(self.arr):
-            # never write over emitted views: move the live part into a fresh array
-            live = self.tail - self.head
-            want = max(_MIN_CAPACITY, 2 * (live + n))
-            # reuse the spare only with headroom (>= 1.5x what must fit), so compactions stay
-            # rare: a tight fit would compact (and copy the open window) on every other push
-            if self.reuse and self.spare is not None and 2 * len(self.spare) >= 3 * (live + n):
-                fresh = self.spare
-            else:      # with reuse, never smaller than the array it replaces: sizes converge
-                fresh = np.zeros(max(want, len(self.arr)) if self.reuse else want, self.arr.dtype)
-            if self.reuse:
-                self.spare = self.arr
-            _copy(fresh[:live], self.arr[self.head:self.tail])
-            self.base += self.head
-            self.arr, self.head, self.tail = fresh, 0, live
+            self._make_room(n)
         _copy(self.arr[self.tail:self.tail + n], events)
         self.tail += n
+
+    def _make_room(self, n: int) -> None:
+        """Never write over emitted views: move the live part into a fresh (or, with reuse,
+        the spare) array with room for n more."""
+        live = self.tail - self.head
+        want = max(_MIN_CAPACITY, 2 * (live + n))
+        # reuse the spare only with headroom (>= 1.5x what must fit), so compactions stay
+        # rare: a tight fit would compact (and copy the open window) on every other push
+        if self.reuse and self.spare is not None and 2 * len(self.spare) >= 3 * (live + n):
+            fresh = self.spare
+        else:      # with reuse, never smaller than the array it replaces: sizes converge
+            fresh = np.zeros(max(want, len(self.arr)) if self.reuse else want, self.arr.dtype)
+        if self.reuse:
+            self.spare = self.arr
+        _copy(fresh[:live], self.arr[self.head:self.tail])
+        self.base += self.head
+        self.arr, self.head, self.tail = fresh, 0, live
+
+    def preallocate(self, n: int, dtype) -> None:
+        arrays = [np.zeros(n, dtype) for _ in range(2 if self.reuse else 1)]
+        for a in arrays:
+            a.view(np.uint8)[::4096] = 0        # touch every page now, not on the hot path
+        self.arr = arrays[0]
+        self.spare = arrays[1] if self.reuse else None
+
+    def reserve(self, n: int, dtype) -> np.ndarray:
+        """Writable room for n events right after the tail (compacting/growing as `append`
+        does), for a producer to write into directly (`Windower.push_reserved`)."""
+        if self.arr is None:
+            self.arr = np.zeros(max(_MIN_CAPACITY, 2 * n), dtype)
+        elif self.tail + n > len(self.arr):
+            self._make_room(n)
+        return self.arr[self.tail:self.tail + n]
 
     def drop_before(self, pos: int) -> None:
         self.head = max(self.head, min(pos, self.tail))
@@ -155,16 +178,21 @@ class _Buffer:
 class Windower:
     """Incremental windowing of one sorted event stream (see the module notes)."""
 
-    def __init__(self, spec: WindowSpec, t0_us: int | None = None, reuse_buffers: bool = False):
+    def __init__(self, spec: WindowSpec, t0_us: int | None = None, reuse_buffers: bool = False,
+                 capacity_events: int = 0, dtype=None):
         """reuse_buffers: emitted windows' events stay valid only until the next push/advance
         (no allocation in steady state); off by default, when windows are views that never
-        change."""
+        change. capacity_events: allocate (and touch, so no page fault is left for the first
+        windows) a buffer of this many events of `dtype` (EVENT_DTYPE) now, and with
+        reuse_buffers its spare too."""
         self.spec = spec
         self.anchor_us = None if t0_us is None else int(t0_us)
         self.next_index = 0             # the next window to emit
         self.late_events = 0            # events that arrived below the advance() watermark
         self.events_in = 0
         self._buf = _Buffer(reuse_buffers)
+        if capacity_events > 0:
+            self._buf.preallocate(int(capacity_events), _event_dtype(dtype))
         self._last_t: int | None = None
         self._watermark: int | None = None
         self._dtype = None
@@ -176,13 +204,48 @@ class Windower:
 
     # -- input ----------------------------------------------------------------------------
 
-    def push(self, events: np.ndarray) -> list[Window]:
+    def reserve(self, n: int, dtype=None) -> np.ndarray:
+        """Writable room for up to n events in the windower's own buffer (EVENT_DTYPE unless
+        the stream has another dtype). Write a batch into it (e.g. `RingReader.read(out=...)`)
+        and hand the part written to `push_reserved`: one copy fewer than `push`. The room is
+        valid until the next call of any other method."""
+        if self._finished:
+            raise ValueError("reserve() after finish()")
+        if dtype is None:
+            dtype = self._dtype if self._dtype is not None else _event_dtype(
+                None if self._buf.arr is None else self._buf.arr.dtype)
+        return self._buf.reserve(int(n), np.dtype(dtype))
+
+    def push_reserved(self, events: np.ndarray) -> list[Window]:
+        """`push(events)` for a batch written into the room of the last `reserve` (any
+        sub-range of it): the same checks, windows and results as push, without the copy."""
+        buf = self._buf
+        n = len(events)
+        if n == 0:
+            return self.push(events)
+        offset = -1
+        if buf.arr is not None and events.dtype == buf.arr.dtype \
+                and events.flags.c_contiguous:
+            delta = (events.__array_interface__["data"][0]
+                     - buf.arr.__array_interface__["data"][0])
+            if delta % buf.arr.itemsize == 0:
+                offset = delta // buf.arr.itemsize
+        if not buf.tail <= offset <= len(buf.arr) - n:
+            raise ValueError("push_reserved() takes a part of the room given by reserve()")
+        if offset != buf.tail:              # move it to the tail (the room's start was not used)
+            _copy(buf.arr[buf.tail:buf.tail + n], events.copy())
+        return self.push(buf.arr[buf.tail:buf.tail + n], _in_place=True)
+
+    def push(self, events: np.ndarray, _in_place: bool = False) -> list[Window]:
         if self._finished:
             raise ValueError("push() after finish()")
         if len(events) == 0:
             return []
         if self._dtype is None:
             self._dtype = events.dtype
+            buf = self._buf
+            if buf.arr is not None and buf.arr.dtype != events.dtype:   # preallocated for
+                buf.arr = buf.spare = None                             # another dtype
         elif events.dtype != self._dtype:
             raise ValueError(f"event dtype changed from {self._dtype} to {events.dtype}")
         t_first, t_last = int(events["t"][0]), int(events["t"][-1])
@@ -193,17 +256,25 @@ class Windower:
         if self._watermark is not None and t_first < self._watermark:
             self.late_events += bisect.bisect_left(events["t"], self._watermark)
         self._last_t = t_last
+        buf = self._buf
         if self.spec.mode == "count":
-            self._buf.append(events)
+            if _in_place:
+                buf.tail += len(events)
+            else:
+                buf.append(events)
             return self._emit_count(final=False)
         if self.anchor_us is None:
             self.anchor_us = t_first
         # events before the next window's start are needed by no open window
         start = self.anchor_us + self.next_index * self.spec.stride
-        if t_first < start:
-            events = events[bisect.bisect_left(events["t"], start):]
-        if len(events):
-            self._buf.append(events)
+        skip = bisect.bisect_left(events["t"], start) if t_first < start else 0
+        if _in_place:
+            # already at the buffer's tail; nothing buffered before it is >= start either
+            buf.tail += len(events)
+            if skip:
+                buf.drop_before(buf.tail - len(events) + skip)
+        elif skip < len(events):
+            buf.append(events[skip:])
         return self._emit_time(self._limit(), final=False)
 
     def advance(self, t_us: int) -> list[Window]:
@@ -224,6 +295,24 @@ class Windower:
         if self.anchor_us is None or self._last_t is None:
             return []
         return self._emit_time(self._last_t + 1, final=True)
+
+    def open_window(self) -> Window | None:
+        """The next time window to be emitted, with the events it holds so far (a read-only view
+        valid until the next push/advance; later calls give a longer prefix of the same events,
+        until the window is emitted with all of them). None in count mode, before the windows
+        are anchored, and after finish(). For building a window's tensor while it is open."""
+        if self._finished or self.spec.mode == "count" or self.anchor_us is None:
+            return None
+        k = self.next_index
+        start = self.anchor_us + k * self.spec.stride
+        end = start + self.spec.length
+        buf = self._buf
+        if buf.arr is None:
+            return Window(k, start, end, _empty(self._dtype))
+        t_view = buf.arr["t"]
+        lo = bisect.bisect_left(t_view, start, buf.head, buf.tail)
+        hi = bisect.bisect_left(t_view, end, lo, buf.tail)
+        return Window(k, start, end, _readonly(buf.arr[lo:hi]))
 
     # -- emission -------------------------------------------------------------------------
 
@@ -284,6 +373,13 @@ class Windower:
 
 
 _EMPTY: dict = {}
+
+
+def _event_dtype(dtype) -> np.dtype:
+    if dtype is None:
+        from evstream.types import EVENT_DTYPE
+        return EVENT_DTYPE
+    return np.dtype(dtype)
 
 
 def _empty(dtype) -> np.ndarray:

@@ -11,6 +11,21 @@ dropped and counted, so the source never stalls.
 
 Output buffers come from a small pool and are sent zero-copy; a buffer is reused only after zmq
 reports it sent (MessageTracker), so the hot path allocates nothing per window.
+
+Less work between a window's end and its send:
+- The ring is read straight into the windower's buffer (`Windower.reserve` +
+  `RingReader.read(out=)` + `Windower.push_reserved`): one copy of each event fewer.
+- When the representation has an `accumulator` (the voxel grid) and the windows are time
+  windows of a paced replay or a live source, the tensor of the window still open is built
+  while it is open, after each read, from the events it has so far, guessing that its last
+  event will be at its end - 1 us (see represent/voxel.py). At close only the last events are
+  left to add; if the guess was wrong the tensor is recomputed from scratch, so what is sent is
+  always exactly `rep.compute(window)`. Telemetry counts `repr_fast` (guess held) and
+  `repr_recomputed`; `busy_spec_us` is the time spent building ahead. After repeated misses
+  (sparse scenes) it only tries every 16th window. This work waits while the previous window
+  is still being handed to zmq, so the I/O threads get the CPU first. A `--speed max` replay
+  skips it: there the work would only be moved, not saved.
+- The windower's buffers are allocated and touched before `ready`.
 """
 
 from __future__ import annotations
@@ -53,15 +68,55 @@ class _BufferPool:
             self.busy.append((buf, tracker))
 
 
+_MIN_ROOM = 1 << 16         # events: room offered to each ring read (more when it lags) ...
+_MAX_ROOM = 1 << 19         # ... up to this (8 MiB); the rest comes with the next read
+# the windower's buffer (and its spare) from the start: a 50 ms window at 12 M events/s (600k)
+# plus a read fits without growing, so the first windows pay no allocation or page faults
+_PREALLOC_EVENTS = 3 << 19  # 1.5 Mi events, 24 MiB each
+
+
+class _Speculation:
+    """When to build a window's tensor while it is open. A miss (the window's last event is
+    not at its end - 1 us) costs a recompute at close, as without speculation, plus the wasted
+    work; after MISSES_TO_PAUSE misses in a row, only every PROBE_EVERY-th window tries, until
+    one hits again (sparse scenes stop paying for it; dense ones keep the fast path)."""
+
+    MISSES_TO_PAUSE = 3
+    PROBE_EVERY = 16
+
+    def __init__(self):
+        self.miss_streak = 0
+        self.skipped = 0
+
+    def should_try(self) -> bool:
+        if self.miss_streak < self.MISSES_TO_PAUSE or self.skipped >= self.PROBE_EVERY - 1:
+            self.skipped = 0
+            return True
+        self.skipped += 1
+        return False
+
+    def result(self, exact: bool) -> None:
+        self.miss_streak = 0 if exact else self.miss_streak + 1
+
+
 def _warm_up(rep, params, Windower, WindowSpec) -> None:
     """Load the Numba kernels (compiled and cached, or compiled now) before reporting ready, so
     the first real window does not pay for it in its latency."""
     from evstream.types import make_events
 
     ev = make_events([0, 10, 20], [0, 1, 2], [0, 1, 2], [1, 0, 1])
-    rep.compute(ev, 4, 4, **params)
+    view = ev.view()
+    view.flags.writeable = False            # windows are read-only views: Numba types them apart
+    for events in (ev, view):
+        rep.compute(events, 4, 4, **params)
+    if getattr(rep, "accumulator", None) is not None:
+        acc = rep.accumulator(4, 4, **params)
+        acc.begin(np.zeros((rep.channels(**params), 4, 4), np.float32), t_last_guess_us=20)
+        acc.update(view[:2])
+        acc.finish(view)
     w = Windower(WindowSpec(window_us=10))
     w.push(ev)
+    w.open_window()
     w.finish()
 
 
@@ -95,31 +150,54 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         rep = get_representation(wc.representation)
         params = representation_params(wc)
         tel = StageTelemetry("window")
+        windower = None
         try:
             _warm_up(rep, params, Windower, WindowSpec)
+            spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
+                              count=wc.count, stride_count=wc.stride_count)
+            # each window is used at once (reuse); its buffers allocated and touched before
+            # `ready`, so the first windows pay no allocation or page faults
+            windower = Windower(spec, reuse_buffers=True, capacity_events=_PREALLOC_EVENTS)
             link.ready()
             info = link.wait_start()
             width, height = info["width"], info["height"]
             channels = rep.channels(**params)
             pool = _BufferPool((channels, height, width))
-            spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
-                              count=wc.count, stride_count=wc.stride_count)
-            windower = Windower(spec, reuse_buffers=True)   # each window is used at once
             speed = cfg.source.speed
             deadline_us = int(wc.deadline_ms * 1000)
             use_deadline = deadline_us > 0 and speed is not None and wc.mode == "time"
             last_t = None          # newest source time seen
             last_wall = 0          # wall time (monotonic ns) it arrived
             seq = 0
+            # incremental representation of the open time window (see represent/voxel.py)
+            make_acc = getattr(rep, "accumulator", None)
+            # only where latency means something: paced replays and live sources (a --speed max
+            # replay has no wall-clock window end; there it would only add work)
+            acc = (make_acc(height, width, **params)
+                   if make_acc is not None and wc.mode == "time"
+                   and (speed is not None or info.get("live", True)) else None)
+            spec_policy = _Speculation()
+            spec_window = None     # (window index, its output buffer) while building one
+            in_flight = None       # the MessageTracker of the last window sent
             next_report = time.monotonic() + cfg.telemetry_interval_s / 2
 
             def emit(windows, end_wall_ns):
-                nonlocal seq
+                nonlocal seq, spec_window, in_flight
                 for w in windows:
                     t_a = time.perf_counter_ns()
-                    buf = pool.get()
-                    extra = {"t_ref_us": int(w.t1_us)} if wc.representation == "timesurface" else {}
-                    rep.compute(w.events, height, width, out=buf, **params, **extra)
+                    if spec_window is not None and spec_window[0] < w.index:
+                        pool.sent(spec_window[1], None)     # stale (not expected): give back
+                        spec_window = None
+                    if spec_window is not None and spec_window[0] == w.index:
+                        buf, spec_window = spec_window[1], None   # built while it was open
+                        _, exact = acc.finish(w.events)           # == rep.compute, always
+                        spec_policy.result(exact)
+                        tel.count("repr_fast" if exact else "repr_recomputed", 1)
+                    else:
+                        buf = pool.get()
+                        extra = ({"t_ref_us": int(w.t1_us)} if wc.representation == "timesurface"
+                                 else {})
+                        rep.compute(w.events, height, width, out=buf, **params, **extra)
                     t_b = time.perf_counter_ns()
                     tel.count("busy_repr_us", (t_b - t_a) // 1000)
                     header = {"kind": "window", "stream": cfg.stream_id, "seq": seq,
@@ -138,14 +216,35 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         tel.count("dropped_window_events", len(w.events))
                         continue
                     pool.sent(buf, tracker)
+                    in_flight = tracker
                     tel.count("busy_send_us", (time.perf_counter_ns() - t_b) // 1000)
                     tel.count("windows_out", 1)
                     tel.count("events_out", len(w.events))
                     tel.latency("window_ms", (time.monotonic_ns() - end_wall_ns) / 1e6)
 
+            def speculate():
+                """Off the latency path (after the ready windows went out): add the events of
+                the window still open to its tensor, so its close has little left to do."""
+                nonlocal spec_window
+                ow = windower.open_window()
+                if ow is None:
+                    return
+                if spec_window is None:
+                    if not len(ow.events) or not spec_policy.should_try():
+                        return
+                    t_a = time.perf_counter_ns()
+                    spec_window = (ow.index, pool.get())
+                    acc.begin(spec_window[1], t_last_guess_us=ow.t1_us - 1)
+                else:
+                    t_a = time.perf_counter_ns()
+                acc.update(ow.events)
+                tel.count("busy_spec_us", (time.perf_counter_ns() - t_a) // 1000)
+
             while True:
                 t_a = time.perf_counter_ns()
-                ev = reader.read(timeout=0.005)
+                # read straight into the windower's buffer (one copy fewer than read + push)
+                room = windower.reserve(min(max(reader.lag(), _MIN_ROOM), _MAX_ROOM))
+                ev = reader.read(timeout=0.005, out=room)
                 tel.count("wait_read_us", (time.perf_counter_ns() - t_a) // 1000)
                 if ev is None:                                  # end of stream
                     emit(windower.finish(), time.monotonic_ns())
@@ -155,11 +254,14 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     tel.count("events_in", len(ev))
                     last_t, last_wall = int(ev["t"][-1]), reader.last_write_wall_ns
                     t_a = time.perf_counter_ns()
-                    ready = windower.push(ev)
+                    ready = windower.push_reserved(ev)
                     tel.count("busy_window_us", (time.perf_counter_ns() - t_a) // 1000)
                     if ready:
                         tel.latency("ring_ms", (now_ns - reader.last_write_wall_ns) / 1e6)
                     emit(ready, reader.last_write_wall_ns)
+                    # leave the CPU to zmq's I/O threads while the last window is on its way
+                    if acc is not None and (in_flight is None or in_flight.done):
+                        speculate()
                 elif use_deadline and last_t is not None:
                     # no events: estimate source time from the wall clock and close windows
                     # that ended more than the deadline ago
@@ -171,6 +273,9 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     tel.gauge("ring_lost_events", reader.lost)
                     tel.gauge("ring_lag_events", reader.lag())      # queue depth of the ring
                     tel.gauge("buffered_events", windower.buffered_events)
+                    # events that came after the deadline had closed their window (a source
+                    # stalled for longer than deadline_ms): dropped from that window
+                    tel.gauge("late_events", windower.late_events)
                     link.telemetry(tel.snapshot())
                     next_report = time.monotonic() + max(cfg.telemetry_interval_s / 2, 0.25)
             # tell the consumer the stream ended. Lossless: it follows every window, however
@@ -189,6 +294,8 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         finally:
             tel.gauge("ring_lost_events", reader.lost)
             tel.count("dropped_events", reader.lost)
+            if windower is not None:
+                tel.gauge("late_events", windower.late_events)
             snap = tel.snapshot()
             link.telemetry(snap, final=True)
             reader.close()

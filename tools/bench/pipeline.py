@@ -4,15 +4,22 @@
    uniform random pixels at RATE Mev/s of source time): events/s delivered inside voxel windows
    (B = 5, 50 ms), against dv-processing's raw decode of the same file measured in the same run
    (MonoCameraRecording.getNextEventBatch() + .numpy()). Target: >= 0.7 of the reference.
+0. The ring alone (`ring_reader_cost`): a writer process commits 12,000 events every 1 ms, a
+   reader reads them: latency from commit to the read's return, and the reader's CPU per second.
 2. Live replay in real time (--speed 1) of DAVIS-rate streams, 2 and 12 M events/s, from .aedat4
    files: p50/p99/max latency from window end (the wall time the closing events entered the
    ring) to delivery at the consumer, and drops. Targets: p99 <= 5 ms; no drops at 12 Mev/s.
 
 Process start-up and kernel loading are outside the timed part: rates use the streaming time
 (from the launcher's `start` to the end). Everything runs on this machine's cores (2 here),
-shared by the source, window, sink and launcher processes.
+shared by the source, window, sink and launcher processes. The live table also shows how many
+windows took the window stage's incremental fast path (their voxel grid built while they were
+open, see represent/voxel.py), the source's pacing lag (how late its releases were: a source
+that cannot keep up shows here first) and the load average at the start of each run, since
+other work on the machine moves these numbers.
 
     .venv/bin/python tools/bench/pipeline.py [--events 10000000] [--live-seconds 3] [--repeat 2]
+        [--live-repeat 1]
 """
 
 from __future__ import annotations
@@ -65,6 +72,62 @@ def dv_decode(path: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def _ring_writer(name: str, ready, go, n_writes: int, period_s: float, batch: int) -> None:
+    from evstream.stream.ring import EventRing
+
+    ring = EventRing.attach(name)
+    w = ring.writer("live")
+    ev = np.zeros(batch, EVENT_DTYPE)
+    ready.set()
+    go.wait()
+    due = time.monotonic()
+    for _ in range(n_writes):
+        due += period_s
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        w.write(ev)
+    w.close_stream()
+    ring.close()
+
+
+def ring_reader_cost(seconds: float, period_s: float = 0.001, batch: int = 12_000) -> dict:
+    """The ring alone, as the window stage uses it in a 12 M ev/s live replay: a writer process
+    commits `batch` events every `period_s`; this process reads them (read(timeout=5 ms), a
+    fresh array each time). -> write-to-read-return latency percentiles (us) and the reader's
+    CPU seconds per second (what waiting between writes costs)."""
+    import multiprocessing as mp
+
+    from evstream.stream.ring import EventRing
+
+    ctx = mp.get_context("spawn")
+    n_writes = max(1, int(seconds / period_s))
+    with EventRing.create(1 << 22) as ring:
+        reader = ring.reader()
+        ready, go = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_ring_writer, args=(ring.name, ready, go, n_writes, period_s, batch))
+        p.start()
+        try:
+            if not ready.wait(60):
+                raise SystemExit("ring writer did not start")
+            go.set()
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            lat_us = []
+            while (out := reader.read(timeout=0.005)) is not None:
+                if len(out):
+                    lat_us.append((time.monotonic_ns() - reader.last_write_wall_ns) / 1000)
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        finally:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        reader.close()
+    lat = np.array(lat_us)
+    return {"reads": len(lat), "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "max": float(lat.max()),
+            "cpu_per_s": cpu / wall, "lost": reader.lost}
+
+
 def pipeline(path: str, lossless: bool, speed) -> dict:
     cfg = PipelineConfig(source=SourceConfig(spec=path, speed=speed),
                          window=WindowConfig(window_us=50_000, num_bins=5),
@@ -81,7 +144,21 @@ def main(argv=None) -> int:
     ap.add_argument("--live-seconds", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--live-rates", default="2e6,12e6")
+    ap.add_argument("--live-repeat", type=int, default=1, help="live runs per rate")
+    ap.add_argument("--ring-seconds", type=float, default=2.0,
+                    help="length of the ring-only run (0: skip it)")
     args = ap.parse_args(argv)
+
+    if args.ring_seconds > 0:
+        print("## Ring alone: 12,000-event writes every 1 ms (12 M ev/s), one reader process\n")
+        print("| run | load avg | reads | latency p50 us | p99 us | max us | reader CPU s per s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for i in range(args.repeat):
+            load = os.getloadavg()[0]
+            r = ring_reader_cost(args.ring_seconds)
+            print(f"| {i + 1} | {load:.1f} | {r['reads']} | {r['p50']:.0f} | {r['p99']:.0f} | "
+                  f"{r['max']:.0f} | {r['cpu_per_s']:.2f} |")
+        print()
 
     with tempfile.TemporaryDirectory(prefix="evstream-bench-") as tmp:
         big = os.path.join(tmp, "big.aedat4")
@@ -100,17 +177,24 @@ def main(argv=None) -> int:
         os.unlink(big)
 
         print(f"\n## Live replay in real time ({args.live_seconds:g} s of events)\n")
-        print("| rate | windows | dropped windows | dropped events | latency p50 ms | p99 ms | "
-              "max ms | window stage p99 ms |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| rate | run | load avg | windows | fast path | dropped windows | dropped events | "
+              "latency p50 ms | p99 ms | max ms | window stage p50 / p99 ms | "
+              "source pacing lag p99 ms |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for rate in [float(r) for r in args.live_rates.split(",")]:
             path = os.path.join(tmp, f"live_{rate:g}.aedat4")
             write_file(path, int(rate * args.live_seconds), rate)
-            s = pipeline(path, lossless=False, speed=1.0)
-            lat, wl = s["latency_ms"], s["window_latency_ms"]
-            print(f"| {rate / 1e6:g} M ev/s | {s['windows']} | {s['dropped_windows']} | "
-                  f"{s['dropped_events']} | {lat['p50']:.2f} | {lat['p99']:.2f} | "
-                  f"{lat['max']:.2f} | {wl['p99']:.2f} |")
+            for i in range(args.live_repeat):
+                load = os.getloadavg()[0]
+                s = pipeline(path, lossless=False, speed=1.0)
+                lat, wl = s["latency_ms"], s["window_latency_ms"]
+                stages = s.get("stages", {})
+                fast = stages.get("window", {}).get("counters", {}).get("repr_fast", 0)
+                lag = stages.get("source", {}).get("pacing_lag_us", {}).get("p99", 0) / 1000
+                print(f"| {rate / 1e6:g} M ev/s | {i + 1} | {load:.1f} | {s['windows']} | {fast} | "
+                      f"{s['dropped_windows']} | {s['dropped_events']} | {lat['p50']:.2f} | "
+                      f"{lat['p99']:.2f} | {lat['max']:.2f} | {wl['p50']:.2f} / {wl['p99']:.2f} | "
+                      f"{lag:.1f} |")
             os.unlink(path)
     return 0
 

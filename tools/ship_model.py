@@ -23,6 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def recipe_words(run: str) -> str:
+    """How the run's student was trained, in words, from its config.json."""
+    cfg = json.loads((Path(run) / "config.json").read_text())
+    setting, loss = cfg["setting"], cfg["loss"]
+    if setting == "paper":
+        return ("distilled with EvDistill (paper setting: unpaired events without labels; BMR, "
+                "pixel-wise and affinity KD; the student never sees event labels)")
+    if setting == "paired" and not loss["bmr"] and loss["ce"] == 0:
+        return ("distilled with EvDistill's paired KD (pixel-wise and affinity KD from the "
+                "teacher's output on the APS frame of the same instant; no BMR, no labels: "
+                "the student never sees a label)")
+    if setting == "paired":
+        return "distilled with EvDistill, paired setting (KD on paired frames, labels and BMR)"
+    if setting == "pseudo_aps":
+        return "trained on the teacher's pseudo-labels from the paired APS frames"
+    return "trained on events with ground-truth labels (no distillation)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
@@ -70,14 +88,14 @@ def main(argv=None) -> int:
     params = sum(v.numel() for v in ckpt["state_dict"].values() if v.dtype.is_floating_point)
     lines = [f"# {args.name}", "",
              f"Event-only {cfg['task']} student ({cfg['arch']}, backbone {cfg['backbone']}, "
-             f"{params / 1e6:.2f} M parameters, {size_mb:.1f} MB), distilled with EvDistill "
-             "(paper setting: the student never sees event labels) from a teacher trained on "
-             "labelled APS frames.", "",
+             f"{params / 1e6:.2f} M parameters, {size_mb:.1f} MB), {recipe_words(args.run)}, "
+             "from a teacher trained on labelled APS frames.", "",
              "## Intended use", "",
              f"- Sensor: {w}x{h}{' (DAVIS346 geometry)' if (w, h) == (346, 260) else ''}; "
-             f"input to the network: resize to "
-             f"{inp.get('resize')} then pad to a multiple of {inp.get('pad_multiple')}; "
-             "predictions are mapped back to sensor pixels.",
+             + (f"input to the network: resized to {inp['resize']}, " if inp.get("resize") else
+                "input to the network: the sensor frame at its own size, ")
+             + f"padded to a multiple of {inp.get('pad_multiple')}"
+             + ("; predictions are mapped back to sensor pixels." if seg else "."),
              f"- Representation: {rep['name']}, {rep.get('num_bins')} bins, normalize "
              f"{rep.get('normalize')}; windows of {win.get('window_us', 0) / 1000:.0f} ms.",
              f"- Classes: {', '.join(cfg['classes'])}.", "",

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from evstream.cli import COMMANDS, _load
 
 
@@ -81,3 +82,15 @@ def test_unknown_camera_model_is_one_line_exit_2(command, tmp_path):
         f"evstream {command[0]}: error: camera:foo: unknown camera model 'foo' "
         "(known: davis346, davis240, dvxplorer, dvxplorer-lite, dvs128, any)"]
     assert not list(tmp_path.iterdir())   # record left nothing behind
+
+
+def test_bench_runs_a_benchmark_that_spawns_processes():
+    """`evstream bench pipeline` starts a ring writer with multiprocessing's spawn: the child must
+    be able to import the benchmark module by name (it could not when the module was loaded from
+    its file path)."""
+    r = subprocess.run([sys.executable, "-m", "evstream", "bench", "pipeline", "--events", "20000",
+                        "--repeat", "1", "--live-rates", "2e5", "--live-seconds", "0.3",
+                        "--ring-seconds", "0.3"],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Ring alone" in r.stdout and "| 20,000 |" in r.stdout and "0.2 M ev/s" in r.stdout

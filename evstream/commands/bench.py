@@ -7,7 +7,8 @@ Benchmarks are scripts, not package code: they live beside the package in the so
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import sys
 from pathlib import Path
 
 from evstream.errors import EvstreamError
@@ -41,8 +42,11 @@ def main(args) -> int:
         return 0
     if args.name not in names:
         raise EvstreamError(f"unknown benchmark {args.name!r} (known: {', '.join(names)})")
-    spec = importlib.util.spec_from_file_location(f"evstream_bench_{args.name}",
-                                                  BENCH_DIR / f"{args.name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    # imported as `bench.NAME` with tools/ on sys.path (not loaded from a file path): a benchmark
+    # that starts processes with multiprocessing's spawn needs its module importable by name in
+    # the children, which get this sys.path
+    tools = str(BENCH_DIR.parent)
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    mod = importlib.import_module(f"bench.{args.name}")
     return int(mod.main(args.args) or 0)

@@ -30,13 +30,24 @@ CAMERA_FLAG_NAMES = {"time_interval_us": "--time-interval-us", "aps": "--aps/--n
 
 # -- argparse value types: one-line errors ---------------------------------------------------
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
     return value
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from evstream.commands.common import positive_int
+from evstream.commands.common import nonnegative_int, positive_int
 from evstream.errors import EvstreamError
 
 HELP = "generate labelled synthetic event datasets (segmentation / classification)"
@@ -42,16 +42,6 @@ def _split(text: str) -> tuple[float, float, float]:
     return parts
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", choices=("seg", "cls"),
                    help="seg: driving scenes with DDD17's 6 classes per pixel; cls: one of 10 "
@@ -61,7 +51,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="number of sequences (cls: samples) (default 8)")
     p.add_argument("--seconds", type=_positive_float,
                    help="length of each sequence (default: seg 10, cls 0.3)")
-    p.add_argument("--seed", type=_seed, default=0, help="dataset seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="dataset seed (default 0)")
     p.add_argument("--width", type=positive_int, help="sensor width (default: seg 346, cls 128)")
     p.add_argument("--height", type=positive_int,
                    help="sensor height (default: seg 260, cls 128)")

@@ -9,17 +9,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from test_train import QUICK, make_synth
+from test_train import QUICK, _one_thread, make_synth  # noqa: F401 (autouse fixture)
 
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread is faster (and the bit-for-bit runs need equal counts)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

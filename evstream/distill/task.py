@@ -200,6 +200,15 @@ def _use(weight: float) -> bool:
     return weight > 0
 
 
+def _kd_terms(terms: dict, s: dict, t: dict, cfg: TrainCfg, mask, suffix: str = "") -> None:
+    """The two distillation terms of one (student, teacher) output pair, where switched on:
+    pixel-wise KD of the logits and affinity KD of the "feat" maps (keys + suffix)."""
+    if _use(cfg.loss.pixel_kd):
+        terms["pixel_kd" + suffix] = _kd(s, t, cfg, mask)
+    if _use(cfg.loss.affinity):
+        terms["affinity" + suffix] = _aff(s["feat"], t["feat"], cfg)
+
+
 def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     """Stage 2 loss terms for cfg.setting (see the module doc). Unweighted scalar tensors."""
     setting, w = cfg.setting, cfg.loss
@@ -229,10 +238,7 @@ def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Te
             t = teacher.forward_features(image)
         if _use(w.ce):
             terms["ce"] = L.task_ce(s["logits"], batch["label"])
-        if _use(w.pixel_kd):
-            terms["pixel_kd"] = _kd(s, t, cfg, mask)
-        if _use(w.affinity):
-            terms["affinity"] = _aff(s["feat"], t["feat"], cfg)
+        _kd_terms(terms, s, t, cfg, mask)
         if "e2a" in models:
             x = _e2a(models, s, size)
             if _use(w.recon) and w.recon_e2a:
@@ -253,10 +259,7 @@ def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Te
     x = _e2a(models, s, size)
     with torch.no_grad():
         t_x = teacher.forward_features(x)
-    if _use(w.pixel_kd):
-        terms["pixel_kd/events"] = _kd(s, t_x, cfg, mask)
-    if _use(w.affinity):
-        terms["affinity/events"] = _aff(s["feat"], t_x["feat"], cfg)
+    _kd_terms(terms, s, t_x, cfg, mask, "/events")
 
     # image side: the student on A2E's events of a labelled image, the teacher on the image
     s_e = student.forward_features(models["a2e"](image))
@@ -264,10 +267,7 @@ def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Te
         t = teacher.forward_features(image)
     if _use(w.ce):
         terms["ce"] = L.task_ce(s_e["logits"], batch["label"])
-    if _use(w.pixel_kd):
-        terms["pixel_kd/images"] = _kd(s_e, t, cfg, mask)
-    if _use(w.affinity):
-        terms["affinity/images"] = _aff(s_e["feat"], t["feat"], cfg)
+    _kd_terms(terms, s_e, t, cfg, mask, "/images")
 
     # the two reconstruction cycles and the teacher's agreement on the cycled image
     need_cycle = (_use(w.recon) and w.recon_e2a) or _use(w.consistency)

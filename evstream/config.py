@@ -78,6 +78,8 @@ class PipelineConfig:
     stages: tuple = ()                          # which stages run here (() = all); a split
                                                 # pipeline runs the rest on other hosts
     restart_worker: bool = False                # restart a worker that dies (--restart)
+    window_transport: str = "auto"              # "auto": shared-memory window slots when every
+                                                # stage runs here | "zmq": tensors in messages
     curve: dict = field(default_factory=dict)   # CURVE keys for tcp endpoints (see pipeline)
     telemetry_interval_s: float = 2.0           # periodic one-line status on stderr; 0 = quiet
     stream_id: str = "cam0"

@@ -2,6 +2,7 @@ r"""The launcher: binds endpoints, creates the ring, starts the stage processes,
 and shuts everything down.
 
     source process --(shm event ring)--> window process --(zmq windows)--> consumer process
+                                                      (tensors in shm window slots on one host)
           \________________ control channel (zmq ROUTER, evstream.stream.control) _________/
 
 Lifecycle:
@@ -9,8 +10,10 @@ Lifecycle:
    directory for the endpoints; bind the control socket;
 2. start the stages (`spawn`), with SIGINT ignored while they start so that Ctrl-C is handled
    here only;
-3. wait for every `ready` (a stage that fails first is reported instead), then send `start`
-   with the sensor geometry the source announced;
+3. wait for every `ready` (a stage that fails first is reported instead), then create the
+   window slots (shared memory sized from the sensor geometry and the window stage's channel
+   count, when every stage runs here; owned and unlinked here like the ring) and send `start`
+   with the sensor geometry the source announced and the slots' name;
 4. relay telemetry (a one-line status every `telemetry_interval_s` on stderr), until every stage
    reports `done`; a stage error or a stage that dies without a word stops the others;
 5. on Ctrl-C / SIGTERM send `stop`; whatever has not exited a second later is terminated, then
@@ -140,6 +143,9 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         link.close()
         ring.close()
         ring.unlink()
+        if state.slots is not None:
+            state.slots.close()
+            state.slots.unlink()
         shutil.rmtree(tmpdir, ignore_errors=True)
     now = time.monotonic()
     result.summary["wall_s"] = round(now - t_start, 3)
@@ -171,6 +177,7 @@ class _State:
     latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
     t_streaming: float = 0.0                      # when `start` went out (monotonic s)
     t_done: float = 0.0                           # when the last `done` arrived
+    slots: object = None                          # the window slots made at start (owned here)
     restarts: dict = field(default_factory=dict)  # stage -> times restarted
 
 
@@ -208,6 +215,9 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
         if not started and len(state.ready) == len(procs):
             start_info = state.ready.get("source") or _remote_source_info(cfg)
             result.summary["source"] = start_info
+            slots = _make_window_slots(cfg, state, start_info)
+            if slots:
+                start_info = dict(start_info, window_slots=slots)
             for name in procs:
                 link.send(name, "start", info=start_info)
             started = True
@@ -273,6 +283,27 @@ def _wait_ready(link, state: _State, result, name: str, proc, timeout_s: float =
             return
 
 
+def _make_window_slots(cfg, state: _State, start_info: dict) -> dict | None:
+    """Shared-memory window slots (stream/slots.py) when the window stage and its consumer both
+    run here on the launcher's private ipc endpoint: -> the segment's info for the window
+    stage, or None (zmq carries the tensors: a split pipeline, --window-transport zmq, or no
+    room in /dev/shm)."""
+    if cfg.window_transport != "auto" or cfg.stages or "windows" in cfg.endpoints:
+        return None
+    channels = state.ready.get("window", {}).get("channels")
+    width, height = start_info.get("width"), start_info.get("height")
+    if not (channels and width and height):
+        return None
+    from evstream.stream.slots import WindowSlots, slot_count
+
+    nbytes = int(channels) * int(width) * int(height) * 4
+    try:
+        state.slots = WindowSlots.create(slot_count(nbytes), nbytes)
+    except OSError:
+        return None
+    return state.slots.info()
+
+
 def _remote_source_info(cfg) -> dict:
     """Start info for a split pipeline with no local source: what the user said."""
     return {"camera": "remote", "width": cfg.window.width, "height": cfg.window.height}
@@ -323,24 +354,26 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
     dropped_events = (c(win, "dropped_events") + int(src_stats.get("dropped_out_of_order", 0))
                       + int(src_stats.get("dropped_outside_sensor", 0)) + int(src_stats.get("lost", 0)))
     stages = (win, worker, consumer)
+    # windows whose shared-memory slot a live window stage reused before the consumer read them
+    wire_n = lambda key: sum(int(s.get("wire", {}).get(key, 0)) for s in (worker, consumer))  # noqa: E731
     out = {
         "events_in": c(src, "events_out"),
         "events_out": c(first, "events_in"),
         "windows": c(first, "windows_in"),
         "dropped_events": dropped_events,
-        "dropped_windows": sum(c(s, "dropped_windows") for s in stages),
+        "dropped_windows": sum(c(s, "dropped_windows") for s in stages) + wire_n("overwritten"),
         # predictions the viewer skipped because a newer one had arrived (live mode)
         "dropped_predictions": c(consumer, "dropped_predictions") + c(worker, "dropped_predictions"),
         # events inside windows that were built but not delivered (live mode: newest wins)
-        "dropped_window_events": sum(c(s, "dropped_window_events") for s in stages),
+        "dropped_window_events": sum(c(s, "dropped_window_events") for s in stages)
+        + wire_n("overwritten_events"),
         # events that arrived after the wall-clock deadline had already closed their window
         # (a source stalled for longer than --deadline-ms): not in any window
         "late_events": int(win.get("gauges", {}).get("late_events", 0)),
         # the consumer's view: to delivery (sink) or to the drawn frame (viewer)
         "latency_ms": merge_latency(consumer, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),
-        "malformed_messages": sum(int(s.get("wire", {}).get("malformed", 0))
-                                  for s in (worker, consumer)),
+        "malformed_messages": wire_n("malformed"),
         "frames": c(consumer, "frames_in"),
         "imu": c(consumer, "imu_in"),
         "triggers": c(consumer, "triggers_in"),

@@ -139,6 +139,7 @@ def _header(buffers, **over) -> bytes:
 
 
 F4 = [{"dtype": "<f4", "shape": [2, 2]}]
+SLOT = {"name": "evstream_1_ab_w", "index": 0, "gen": 2}
 GOOD16 = bytes(16)
 GARBAGE = {
     "one random frame": [np.random.default_rng(0).bytes(100)],
@@ -147,7 +148,7 @@ GARBAGE = {
     "not utf8": [b"t", b"\xff\xfe\x00{}", GOOD16],
     "json list": [b"t", b"[1, 2]", GOOD16],
     "json nan": [b"t", _header([], meta={}).replace(b'"meta": {}', b'"meta": {"x": NaN}'), ],
-    "wrong version": [b"t", _header(F4, v=2), GOOD16],
+    "wrong version": [b"t", _header(F4, v=99), GOOD16],
     "no version": [b"t", json.dumps({"kind": "window", "buffers": F4}).encode(), GOOD16],
     "bool version": [b"t", _header(F4, v=True), GOOD16],
     "missing kind": [b"t", _header(F4, kind=None), GOOD16],
@@ -171,6 +172,13 @@ GARBAGE = {
     "extra buffer key": [b"t", _header([{"dtype": "<f4", "shape": [4], "x": 1}]), GOOD16],
     "huge header": [b"t", _header([], meta={"pad": "x" * 70_000})],
     "long topic": [b"t" * 300, _header([])],
+    "slot in version 1": [b"t", _header(F4, slot=SLOT)],
+    "slot and a frame": [b"t", _header(F4, v=2, slot=SLOT), GOOD16],
+    "slot of two buffers": [b"t", _header(F4 * 2, v=2, slot=SLOT)],
+    "slot name not str": [b"t", _header(F4, v=2, slot=dict(SLOT, name=7))],
+    "slot index not int": [b"t", _header(F4, v=2, slot=dict(SLOT, index="0"))],
+    "slot extra key": [b"t", _header(F4, v=2, slot=dict(SLOT, x=1))],
+    "slot not object": [b"t", _header(F4, v=2, slot=[1, 2])],
 }
 
 

@@ -57,6 +57,9 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
                         "later events (0: off)")
     g.add_argument("--ring-events", type=int, default=1 << 22,
                    help="shared-memory ring capacity in events (16 bytes each)")
+    g.add_argument("--window-transport", choices=("auto", "zmq"), default="auto",
+                   help="auto: windows reach a consumer on this host through shared memory, "
+                        "only their headers through zmq; zmq: the tensors go in the messages")
 
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="NAME|PATH",
@@ -217,6 +220,7 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
                          consumer=consumer, infer=infer, viewer=viewer,
                          endpoints=_endpoint_overrides(args), stages=stages,
                          restart_worker=args.restart, stream_id=args.stream_id,
+                         window_transport=args.window_transport,
                          curve=_curve_keys(args.curve_keys) if args.curve_keys else {},
                          telemetry_interval_s=args.status_every,
                          dump_windows=args.dump_windows or "",

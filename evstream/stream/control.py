@@ -58,7 +58,13 @@ class StageLink:
             if self.sock.poll(int(left * 1000)):
                 msg = json.loads(self.sock.recv())
                 if msg["kind"] == "start":
-                    return msg.get("info", {})
+                    self._cpu_at_start = time.process_time()
+                    info = msg.get("info", {})
+                    if info.get("window_slots") and self.stage != "window":
+                        # a consumer maps the window slots now, not on its first window
+                        from evstream.stream.slots import prepare_consumer
+                        prepare_consumer(info["window_slots"]["name"])
+                    return info
                 if msg["kind"] == "stop":
                     self.stopping = True
                     raise StopRequested
@@ -85,6 +91,11 @@ class StageLink:
         return now - self._quiet_since >= quiet_s
 
     def telemetry(self, snapshot: dict, final: bool = False) -> None:
+        """Send a snapshot; it gains `cpu_stream_s`, this process's CPU time (all threads)
+        since `start`, i.e. without imports, set-up and kernel loading."""
+        t0 = getattr(self, "_cpu_at_start", None)
+        if t0 is not None and "cpu_stream_s" not in snapshot:
+            snapshot = dict(snapshot, cpu_stream_s=round(time.process_time() - t0, 6))
         self.send("telemetry", snapshot=snapshot, final=final)
 
     def done(self) -> None:

@@ -9,8 +9,11 @@ Backpressure: in lossless mode the PUSH socket blocks when the consumer's queue 
 end to end). In live mode sends never block: when the consumer is slow or gone the window is
 dropped and counted, so the source never stalls.
 
-Output buffers come from a small pool and are sent zero-copy; a buffer is reused only after zmq
-reports it sent (MessageTracker), so the hot path allocates nothing per window.
+Output: when the launcher made window slots (every stage on this host), each tensor is computed
+straight into a shared-memory slot and only its header goes over zmq (stream/slots.py; a
+lossless stage waits for a free slot, a live one reuses the oldest). Otherwise tensors come
+from a small pool and are sent zero-copy; a buffer is reused only after zmq reports it sent
+(MessageTracker). Either way the hot path allocates nothing per window.
 
 Less work between a window's end and its send:
 - The ring is read straight into the windower's buffer (`Windower.reserve` +
@@ -42,13 +45,17 @@ from evstream.stream.telemetry import StageTelemetry
 
 
 class _BufferPool:
+    """zmq transport: tensors sent as zero-copy buffers, each reused once zmq reports it sent
+    (MessageTracker), so the hot path allocates nothing per window."""
+
     def __init__(self, shape, size: int = 6):
         self.shape = shape
         self.free = [np.zeros(shape, np.float32) for _ in range(size)]
         self.busy: list[tuple[np.ndarray, zmq.MessageTracker]] = []
         self.allocated = 0
+        self.in_flight = None           # the tracker of the last window sent
 
-    def get(self) -> np.ndarray:
+    def acquire(self, wait: bool = True) -> np.ndarray:
         still = []
         for buf, tracker in self.busy:
             if tracker.done:
@@ -61,11 +68,61 @@ class _BufferPool:
         self.allocated += 1
         return np.zeros(self.shape, np.float32)
 
-    def sent(self, buf: np.ndarray, tracker) -> None:
-        if tracker is None:
-            self.free.append(buf)
-        else:
-            self.busy.append((buf, tracker))
+    def give_back(self, buf: np.ndarray) -> None:
+        self.free.append(buf)
+
+    def send(self, sock, header: dict, buf: np.ndarray, flags: int) -> None:
+        from evstream.stream import wire
+
+        tracker = wire.send(sock, b"window", header, [buf], flags=flags, track=True)
+        self.busy.append((buf, tracker))
+        self.in_flight = tracker
+
+    def idle(self) -> bool:
+        """Has zmq finished with the last window (its I/O threads get the CPU first)?"""
+        return self.in_flight is None or self.in_flight.done
+
+
+class _SlotOut:
+    """Shared-memory transport (stream/slots.py): tensors are computed straight into window
+    slots and only the header goes over zmq. A lossless acquire waits for the consumer, in
+    slices, watching for a stop request (None then)."""
+
+    def __init__(self, writer, shape, should_stop):
+        self.writer = writer
+        self.shape = shape
+        self.should_stop = should_stop
+        self.slot_of: dict[int, tuple[int, np.ndarray]] = {}
+
+    def acquire(self, wait: bool = True) -> np.ndarray | None:
+        while True:
+            i = self.writer.acquire(timeout=0.05 if wait else 0.0)
+            if i is not None:
+                buf = self.writer.array(i, self.shape)
+                self.slot_of[id(buf)] = (i, buf)
+                return buf
+            if not wait or self.should_stop():
+                return None
+
+    def give_back(self, buf: np.ndarray) -> None:
+        i, _ = self.slot_of.pop(id(buf))
+        self.writer.discard(i)
+
+    def send(self, sock, header: dict, buf: np.ndarray, flags: int) -> None:
+        from evstream.stream import wire
+
+        i, _ = self.slot_of[id(buf)]
+        ref = self.writer.publish(i)
+        try:
+            wire.send(sock, b"window", header, [buf], flags=flags, slot=ref)
+        except zmq.Again:
+            self.writer.discard(i)
+            raise
+        finally:
+            self.slot_of.pop(id(buf), None)
+
+    def idle(self) -> bool:
+        return True
 
 
 _MIN_ROOM = 1 << 16         # events: room offered to each ring read (more when it lags) ...
@@ -151,6 +208,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         params = representation_params(wc)
         tel = StageTelemetry("window")
         windower = None
+        slots = None
         try:
             _warm_up(rep, params, Windower, WindowSpec)
             spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
@@ -158,11 +216,18 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             # each window is used at once (reuse); its buffers allocated and touched before
             # `ready`, so the first windows pay no allocation or page faults
             windower = Windower(spec, reuse_buffers=True, capacity_events=_PREALLOC_EVENTS)
-            link.ready()
+            link.ready(channels=rep.channels(**params))     # sizes the window slots
             info = link.wait_start()
             width, height = info["width"], info["height"]
             channels = rep.channels(**params)
-            pool = _BufferPool((channels, height, width))
+            slot_info = info.get("window_slots")
+            if slot_info:
+                from evstream.stream.slots import SlotWriter, WindowSlots
+                slots = WindowSlots.attach(slot_info["name"])
+                pool = _SlotOut(SlotWriter(slots, cfg.lossless), (channels, height, width),
+                                link.should_stop)
+            else:
+                pool = _BufferPool((channels, height, width))
             speed = cfg.source.speed
             deadline_us = int(wc.deadline_ms * 1000)
             use_deadline = deadline_us > 0 and speed is not None and wc.mode == "time"
@@ -178,15 +243,14 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                    and (speed is not None or info.get("live", True)) else None)
             spec_policy = _Speculation()
             spec_window = None     # (window index, its output buffer) while building one
-            in_flight = None       # the MessageTracker of the last window sent
             next_report = time.monotonic() + cfg.telemetry_interval_s / 2
 
             def emit(windows, end_wall_ns):
-                nonlocal seq, spec_window, in_flight
+                nonlocal seq, spec_window
                 for w in windows:
                     t_a = time.perf_counter_ns()
                     if spec_window is not None and spec_window[0] < w.index:
-                        pool.sent(spec_window[1], None)     # stale (not expected): give back
+                        pool.give_back(spec_window[1])     # stale (not expected): give back
                         spec_window = None
                     if spec_window is not None and spec_window[0] == w.index:
                         buf, spec_window = spec_window[1], None   # built while it was open
@@ -194,7 +258,12 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         spec_policy.result(exact)
                         tel.count("repr_fast" if exact else "repr_recomputed", 1)
                     else:
-                        buf = pool.get()
+                        buf = pool.acquire()
+                        if buf is None:                     # stop requested while waiting
+                            return
+                        t_got = time.perf_counter_ns()      # lossless slots: the consumer's pace
+                        tel.count("wait_slot_us", (t_got - t_a) // 1000)
+                        t_a = t_got
                         extra = ({"t_ref_us": int(w.t1_us)} if wc.representation == "timesurface"
                                  else {})
                         rep.compute(w.events, height, width, out=buf, **params, **extra)
@@ -208,15 +277,13 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                                        "representation": wc.representation}}
                     seq += 1
                     try:
-                        tracker = wire.send(sock, b"window", header, [buf],
-                                            flags=0 if cfg.lossless else zmq.NOBLOCK, track=True)
+                        pool.send(sock, header, buf, 0 if cfg.lossless else zmq.NOBLOCK)
                     except zmq.Again:
-                        pool.sent(buf, None)
+                        if isinstance(pool, _BufferPool):
+                            pool.give_back(buf)
                         tel.count("dropped_windows", 1)
                         tel.count("dropped_window_events", len(w.events))
                         continue
-                    pool.sent(buf, tracker)
-                    in_flight = tracker
                     tel.count("busy_send_us", (time.perf_counter_ns() - t_b) // 1000)
                     tel.count("windows_out", 1)
                     tel.count("events_out", len(w.events))
@@ -233,7 +300,10 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     if not len(ow.events) or not spec_policy.should_try():
                         return
                     t_a = time.perf_counter_ns()
-                    spec_window = (ow.index, pool.get())
+                    buf = pool.acquire(wait=False)
+                    if buf is None:                         # no free slot now: at close then
+                        return
+                    spec_window = (ow.index, buf)
                     acc.begin(spec_window[1], t_last_guess_us=ow.t1_us - 1)
                 else:
                     t_a = time.perf_counter_ns()
@@ -260,7 +330,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         tel.latency("ring_ms", (now_ns - reader.last_write_wall_ns) / 1e6)
                     emit(ready, reader.last_write_wall_ns)
                     # leave the CPU to zmq's I/O threads while the last window is on its way
-                    if acc is not None and (in_flight is None or in_flight.done):
+                    if acc is not None and pool.idle():
                         speculate()
                 elif use_deadline and last_t is not None:
                     # no events: estimate source time from the wall clock and close windows
@@ -301,3 +371,5 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             reader.close()
             ring.close()
             sock.close()
+            if slots is not None:
+                slots.close()

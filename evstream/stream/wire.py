@@ -30,6 +30,14 @@ modify an array until zmq is done with it (pass `track=True` and watch the retur
 `MessageTracker`, as the window stage's buffer pool does). `decode` returns READ-ONLY numpy
 views over the received frames (keep them or `np.array(...)` them; they keep the frame alive).
 A frame under ~64 bytes may be unaligned in memory, which numpy handles (slower, still right).
+
+Window slots (version 2, one host only). A header may carry `slot` = {"name", "index", "gen"}
+instead of a buffer frame: its one `buffers` entry then describes a tensor the sender left in
+shared memory (stream/slots.py; the window stage does this when the launcher made slots, i.e.
+every stage runs on this host). `recv` resolves it into a private copy, so receivers see an
+ordinary message; a window whose slot was reused before it was read (a live consumer far
+behind) is dropped and counted in `WireStats.overwritten` (with its events), like a window
+a full zmq queue would have dropped. `drain` resolves only the messages it keeps.
 """
 
 from __future__ import annotations
@@ -43,10 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from evstream.stream import slots
 from evstream.types import EVENT_DTYPE, IMU_DTYPE, TRIGGER_DTYPE
 
 WIRE_VERSION = 1
-KNOWN_VERSIONS = frozenset({1})
+SLOT_VERSION = 2            # a message whose tensor waits in a shared-memory window slot
+KNOWN_VERSIONS = frozenset({1, 2})
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BUFFERS = 64
@@ -58,6 +68,7 @@ NAMED_DTYPES = {"EVENT_DTYPE": EVENT_DTYPE, "IMU_DTYPE": IMU_DTYPE, "TRIGGER_DTY
 SIMPLE_DTYPES = frozenset({"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8",
                            "<f2", "<f4", "<f8"})
 
+_SLOT_FIELDS = {"name": str, "index": int, "gen": int}
 _FIELD_TYPES = {"kind": str, "stream": str, "seq": int, "t0_us": int, "t1_us": int,
                 "buffers": list, "ts": dict, "meta": dict}
 
@@ -75,6 +86,7 @@ class Message:
     topic: bytes
     header: dict
     arrays: list[np.ndarray]
+    slot: dict | None = None        # an unresolved window-slot reference (see `resolve`)
 
     @property
     def kind(self) -> str:
@@ -90,11 +102,14 @@ class WireStats:
     bytes: int = 0
     malformed: int = 0
     oversized: int = 0
+    overwritten: int = 0            # windows whose shared-memory slot was reused before reading
+    overwritten_events: int = 0
     last_error: str = ""
 
     def as_dict(self) -> dict:
         return {"received": self.received, "bytes": self.bytes, "malformed": self.malformed,
-                "oversized": self.oversized, "last_error": self.last_error}
+                "oversized": self.oversized, "overwritten": self.overwritten,
+                "overwritten_events": self.overwritten_events, "last_error": self.last_error}
 
 
 def dtype_to_wire(dt: np.dtype) -> str:
@@ -141,6 +156,18 @@ def check_header(h, n_frames_after_header: int | None = None,
         if not _is_int(t):
             raise WireError(f"ts[{name!r:.40}] must be an int (ns), got {t!r:.40}")
     bufs = h["buffers"]
+    if "slot" in h:
+        ref = h["slot"]
+        if v < SLOT_VERSION or not isinstance(ref, dict) or set(ref) != set(_SLOT_FIELDS) \
+                or not all(_is_int(ref[k]) if t is int else isinstance(ref[k], t)
+                           for k, t in _SLOT_FIELDS.items()) or len(ref["name"]) > 255:
+            raise WireError(f"header slot must be {{'name', 'index', 'gen'}} (version "
+                            f"{SLOT_VERSION}), got {ref!r:.80}")
+        if len(bufs) != 1:
+            raise WireError(f"a slot message describes exactly one buffer, got {len(bufs)}")
+        if n_frames_after_header not in (None, 0):
+            raise WireError(f"a slot message has no buffer frames, got {n_frames_after_header}")
+        n_frames_after_header = None
     if len(bufs) > MAX_BUFFERS:
         raise WireError(f"{len(bufs)} buffers, more than the limit {MAX_BUFFERS}")
     if n_frames_after_header is not None and n_frames_after_header != len(bufs):
@@ -172,9 +199,10 @@ def _json_default(o):
 
 
 def encode(topic: bytes | str, header: dict, arrays=(),
-           max_bytes: int = DEFAULT_MAX_BYTES) -> list:
+           max_bytes: int = DEFAULT_MAX_BYTES, slot: dict | None = None) -> list:
     """-> [topic, header_json, *buffers], the buffers being zero-copy uint8 views of the arrays
-    (a non-contiguous array is copied once to make it contiguous)."""
+    (a non-contiguous array is copied once to make it contiguous). With `slot` (a reference
+    from slots.SlotWriter.publish) the one array is described, not sent: it is in the slot."""
     if isinstance(topic, str):
         topic = topic.encode()
     if len(topic) > MAX_TOPIC_BYTES:
@@ -184,11 +212,13 @@ def encode(topic: bytes | str, header: dict, arrays=(),
     h.update(header)
     h["v"] = WIRE_VERSION
     h["buffers"] = [{"dtype": dtype_to_wire(a.dtype), "shape": list(a.shape)} for a in arrays]
+    if slot is not None:
+        h["v"], h["slot"] = SLOT_VERSION, dict(slot)
     for key in ("seq", "t0_us", "t1_us"):
         if isinstance(h.get(key), np.integer):
             h[key] = int(h[key])
     h["ts"] = {k: int(t) if isinstance(t, np.integer) else t for k, t in h["ts"].items()}
-    check_header(h, len(arrays), max_bytes)
+    check_header(h, 0 if slot is not None else len(arrays), max_bytes)
     try:
         raw = json.dumps(h, separators=(",", ":"), default=_json_default,
                          allow_nan=False).encode()
@@ -196,6 +226,8 @@ def encode(topic: bytes | str, header: dict, arrays=(),
         raise WireError(f"header is not JSON: {e}") from None
     if len(raw) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(raw)} bytes is over the limit of {MAX_HEADER_BYTES}")
+    if slot is not None:
+        return [topic, raw]
     return [topic, raw] + [a.reshape(-1).view(np.uint8) for a in arrays]
 
 
@@ -223,6 +255,8 @@ def decode(frames, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise WireError(f"header is not UTF-8 JSON: {e}") from None
     specs = check_header(header, len(frames) - 2, max_bytes)
+    if "slot" in header:
+        return Message(topic, header, [], slot=header["slot"])
     arrays = []
     for i, ((dt, shape, nbytes), f) in enumerate(zip(specs, frames[2:])):
         buf = _frame_bytes(f)
@@ -240,20 +274,50 @@ def _no_constants(name):
 
 
 def send(sock: zmq.Socket, topic: bytes | str, header: dict, arrays=(), flags: int = 0,
-         track: bool = False, max_bytes: int = DEFAULT_MAX_BYTES):
+         track: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, slot: dict | None = None):
     """Encode and send zero-copy. Returns the MessageTracker when `track`, else None.
 
     Raises zmq.Again with flags=zmq.NOBLOCK when the peer's queue is full (nothing was sent).
     """
-    frames = encode(topic, header, arrays, max_bytes)
+    frames = encode(topic, header, arrays, max_bytes, slot=slot)
     tracker = sock.send_multipart(frames, flags=flags, copy=False, track=track)
     return tracker if track else None
 
 
+def resolve(msg: Message, stats: WireStats) -> bool:
+    """Copy a slot message's tensor out of shared memory into `msg.arrays` (a no-op for other
+    messages). False (counted in `stats`) when the window is gone or the reference is bad."""
+    if msg.slot is None:
+        return True
+    b = msg.header["buffers"][0]
+    try:
+        a = slots.read_slot(msg.slot, dtype_from_wire(b["dtype"]), tuple(b["shape"]))
+    except slots.StaleSlot:
+        stats.overwritten += 1
+        stats.overwritten_events += int(msg.header["meta"].get("events", 0) or 0)
+        return False
+    except (ValueError, KeyError, OSError) as e:
+        stats.malformed += 1
+        stats.last_error = f"bad window slot: {e}"[:200]
+        return False
+    a.flags.writeable = False
+    msg.arrays, msg.slot = [a], None
+    stats.bytes += a.nbytes
+    return True
+
+
+def release(msg: Message) -> None:
+    """A slot message that will not be read (a live consumer skipped it): give its slot back."""
+    if msg.slot is not None:
+        slots.release_slot(msg.slot)
+
+
 def recv(sock: zmq.Socket, timeout_ms: int | None = None, stats: WireStats | None = None,
-         max_bytes: int = DEFAULT_MAX_BYTES) -> Message | None:
+         max_bytes: int = DEFAULT_MAX_BYTES, resolve_slots: bool = True) -> Message | None:
     """The next well-formed message within `timeout_ms` (None: no limit; 0: only what is
-    already queued), or None. Malformed messages are dropped and counted in `stats`."""
+    already queued), or None. Malformed messages are dropped and counted in `stats`, so are
+    windows whose slot was overwritten (see the module comment); with resolve_slots=False a
+    slot message comes back unresolved (`msg.slot` set, `msg.arrays` empty)."""
     stats = stats if stats is not None else WireStats()
     deadline = None if timeout_ms is None else _now_ms() + max(0, timeout_ms)
     while True:
@@ -269,8 +333,11 @@ def recv(sock: zmq.Socket, timeout_ms: int | None = None, stats: WireStats | Non
                 stats.oversized += 1
             stats.last_error = str(e)[:200]
             continue
+        if msg.slot is None:
+            stats.bytes += sum(a.nbytes for a in msg.arrays)
+        elif resolve_slots and not resolve(msg, stats):       # counts its own bytes
+            continue
         stats.received += 1
-        stats.bytes += sum(a.nbytes for a in msg.arrays)
         return msg
 
 
@@ -284,16 +351,19 @@ def drain(sock: zmq.Socket, stats: WireStats | None, lossless: bool,
     the newest message of `kinds` per stream plus every other message (control), in arrival
     order; `stale` holds the messages of `kinds` skipped for a newer one."""
     msgs = []
-    m = recv(sock, first_timeout_ms, stats)
+    m = recv(sock, first_timeout_ms, stats, resolve_slots=False)
     while m is not None:
         msgs.append(m)
-        m = recv(sock, 0, stats)
+        m = recv(sock, 0, stats, resolve_slots=False)
     if lossless:
-        return msgs, []
+        return [m for m in msgs if resolve(m, stats)], []
     newest = {m.header.get("stream"): i for i, m in enumerate(msgs) if m.kind in kinds}
     keep = set(newest.values())
-    handle = [m for i, m in enumerate(msgs) if i in keep or m.kind not in kinds]
+    handle = [m for i, m in enumerate(msgs)
+              if (i in keep or m.kind not in kinds) and resolve(m, stats)]
     stale = [m for i, m in enumerate(msgs) if i not in keep and m.kind in kinds]
+    for m in stale:
+        release(m)
     return handle, stale
 
 

@@ -7,6 +7,9 @@ a lossless run delivers every one).
 Live mode keeps only the newest window per stream: each wake-up drains everything queued and
 processes the newest message of each stream, counting the rest as dropped. Lossless mode
 processes every window in order. Malformed messages are dropped and counted by `wire.recv`.
+Windows that come in shared-memory slots are taken as zero-copy views (`wire.drain(copy=False)`,
+checked against the slot's generation when taken, released after counting): delivery is the
+moment the sink holds an intact window, without a copy it would not use.
 With `dump_windows` set, every processed window is kept and written to an .npz at the end
 (for tests that compare the streamed windows with offline ones; small recordings only).
 """
@@ -63,7 +66,8 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                         eos = True
                     continue
                 link.drain_done(True)
-                msgs, stale = wire.drain(sock, stats, cfg.lossless)
+                # windows in shared-memory slots are taken zero-copy: counting needs no copy
+                msgs, stale = wire.drain(sock, stats, cfg.lossless, copy=False)
                 if stale:
                     tel.count("dropped_windows", len(stale))
                     tel.count("dropped_window_events",
@@ -73,14 +77,17 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     if h.get("kind") == "control":
                         eos = eos or bool(h.get("meta", {}).get("eos"))
                         continue
-                    if cfg.slow_consumer_ms:
+                    t_ns = time.monotonic_ns()
+                    kept = np.array(m.arrays[0]) if cfg.dump_windows else None
+                    if not wire.finish(m, stats):
+                        continue        # its slot was reused meanwhile: dropped (overwritten)
+                    if cfg.slow_consumer_ms:                # (tests) work on the window
                         time.sleep(cfg.slow_consumer_ms / 1000)
-                    tel.latency("latency_ms", (time.monotonic_ns() - h["ts"]["window_end"]) / 1e6)
+                    tel.latency("latency_ms", (t_ns - h["ts"]["window_end"]) / 1e6)
                     tel.count("windows_in", 1)
                     tel.count("events_in", int(h.get("meta", {}).get("events", 0)))
                     if cfg.dump_windows:
-                        dumped.append((h["t0_us"], h["t1_us"], np.array(m.arrays[0]),
-                                       time.monotonic_ns()))
+                        dumped.append((h["t0_us"], h["t1_us"], kept, t_ns))
                 if link.should_stop():
                     break
                 if time.monotonic() >= next_report:

@@ -10,7 +10,7 @@ each tensor straight into shared memory and sends only the header over zmq (wire
     slots = WindowSlots.create(n_slots=8, slot_bytes=nbytes)   # the launcher; it unlinks it
     w = SlotWriter(WindowSlots.attach(slots.name), lossless=False)     # the window stage
     i = w.acquire(timeout=0.1); out = w.array(i, shape); ...fill out...; ref = w.publish(i)
-    arr = read_slot(ref)                     # the consumer (wire.recv does this): a private copy
+    arr = read_slot(ref, dtype, shape)       # the consumer (wire.recv does this): a private copy
 
 Layout of the segment (int64 words; the launcher creates it once the sensor size is known and
 unlinks it on every exit path, like the event ring; other processes attach without registering
@@ -25,7 +25,9 @@ Contracts.
   its copy: if either differs from the reference, the slot was reused meanwhile (only a live
   writer does that) and `read_slot` raises StaleSlot: the window counts as dropped, never torn.
 - After its copy the reader stores the generation in `released` and bumps the release word,
-  waking a lossless writer that waits for the slot.
+  waking a lossless writer that waits for the slot. A consumer that only looks at a window (the
+  counting sink) may take a zero-copy view instead: valid when taken, re-checked with
+  `slot_valid` after use, released with `release_slot`.
 - Policies. Live: `acquire` takes the slot after the last one, round robin, never waiting (a slow
   consumer loses windows, as with zmq's queue). Lossless: `acquire` waits until that slot's last
   window was released, for at most `timeout` (None: no limit; then it returns None so the caller
@@ -167,13 +169,17 @@ class WindowSlots:
             self._fd = self._seg.open_fd()
         return shm.locked_elsewhere(self._fd, _CONSUMER_LOCK_BYTE)
 
-    def read(self, slot: int, gen: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
-        """A private copy of the tensor published in `slot` as generation `gen`; StaleSlot if
-        the slot no longer (or not yet) holds it."""
+    def _check(self, slot: int, dtype: np.dtype, shape: tuple) -> int:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if not 0 <= slot < self.n_slots or nbytes > self.slot_bytes:
             raise ValueError(f"slot {slot} of {nbytes} bytes is outside window slots "
                              f"{self.name!r} ({self.n_slots} x {self.slot_bytes} bytes)")
+        return nbytes
+
+    def read(self, slot: int, gen: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+        """A private copy of the tensor published in `slot` as generation `gen`; StaleSlot if
+        the slot no longer (or not yet) holds it."""
+        nbytes = self._check(slot, dtype, shape)
         words = self._slot_words[slot]
         if int(words[_S_GEN]) != gen:
             raise StaleSlot(f"slot {slot} was reused before it was read")
@@ -189,10 +195,30 @@ class WindowSlots:
         futex_wake(self._release_addr)
         return out
 
+    def view(self, slot: int, gen: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+        """Zero-copy: a read-only view of the tensor in `slot`, valid while `valid(slot, gen)`
+        (a live writer may reuse the slot later; call `valid` after using the view, then
+        `release`). StaleSlot if it is already gone."""
+        nbytes = self._check(slot, dtype, shape)
+        if int(self._slot_words[slot][_S_GEN]) != gen:
+            raise StaleSlot(f"slot {slot} was reused before it was read")
+        shm.fence()
+        a = self.data(slot, nbytes).view(dtype).reshape(shape)
+        a.flags.writeable = False
+        return a
+
+    def valid(self, slot: int, gen: int) -> bool:
+        shm.fence()
+        return 0 <= slot < self.n_slots and int(self._slot_words[slot][_S_GEN]) == gen
+
     def release(self, slot: int, gen: int) -> None:
-        """Give a slot back without reading it (a live consumer skipping a stale window)."""
+        """The consumer is done with this window (read through a view, or skipped as stale):
+        a lossless writer may reuse the slot."""
         if 0 <= slot < self.n_slots and int(self._slot_words[slot][_S_GEN]) == gen:
             self._slot_words[slot][_S_RELEASED] = gen
+            shm.fence()
+            self._hdr[_W_RELEASE] = (int(self._hdr[_W_RELEASE]) + 1) & _SEQ_MASK
+            futex_wake(self._release_addr)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -342,10 +368,20 @@ def prepare_consumer(name: str) -> None:
         int(slots.data(i, slots.slot_bytes)[::4096].sum())
 
 
-def read_slot(ref: dict, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    """Resolve a message's slot reference -> a private copy. Raises StaleSlot (the window was
-    overwritten) or ValueError (no such segment, not ours, out of range)."""
-    return _consumer_slots(ref["name"]).read(ref["index"], ref["gen"], dtype, shape)
+def read_slot(ref: dict, dtype: np.dtype, shape: tuple, copy: bool = True) -> np.ndarray:
+    """Resolve a message's slot reference -> a private copy (copy=False: a read-only view into
+    the slot; check `slot_valid(ref)` after using it, then `release_slot(ref)`). Raises
+    StaleSlot (the window was overwritten) or ValueError (no such segment, not ours, out of
+    range)."""
+    slots = _consumer_slots(ref["name"])
+    if copy:
+        return slots.read(ref["index"], ref["gen"], dtype, shape)
+    return slots.view(ref["index"], ref["gen"], dtype, shape)
+
+
+def slot_valid(ref: dict) -> bool:
+    slots = _attached.get(ref["name"])
+    return slots is not None and slots.valid(ref["index"], ref["gen"])
 
 
 def release_slot(ref: dict) -> None:

@@ -284,14 +284,16 @@ def send(sock: zmq.Socket, topic: bytes | str, header: dict, arrays=(), flags: i
     return tracker if track else None
 
 
-def resolve(msg: Message, stats: WireStats) -> bool:
+def resolve(msg: Message, stats: WireStats, copy: bool = True) -> bool:
     """Copy a slot message's tensor out of shared memory into `msg.arrays` (a no-op for other
-    messages). False (counted in `stats`) when the window is gone or the reference is bad."""
-    if msg.slot is None:
+    messages). False (counted in `stats`) when the window is gone or the reference is bad.
+    copy=False: `msg.arrays` gets a read-only view into the slot and `msg.slot` stays set; the
+    consumer calls `finish(msg, stats)` once it is done with the view."""
+    if msg.slot is None or msg.arrays:
         return True
     b = msg.header["buffers"][0]
     try:
-        a = slots.read_slot(msg.slot, dtype_from_wire(b["dtype"]), tuple(b["shape"]))
+        a = slots.read_slot(msg.slot, dtype_from_wire(b["dtype"]), tuple(b["shape"]), copy)
     except slots.StaleSlot:
         stats.overwritten += 1
         stats.overwritten_events += int(msg.header["meta"].get("events", 0) or 0)
@@ -301,9 +303,25 @@ def resolve(msg: Message, stats: WireStats) -> bool:
         stats.last_error = f"bad window slot: {e}"[:200]
         return False
     a.flags.writeable = False
-    msg.arrays, msg.slot = [a], None
+    msg.arrays = [a]
+    if copy:
+        msg.slot = None
     stats.bytes += a.nbytes
     return True
+
+
+def finish(msg: Message, stats: WireStats) -> bool:
+    """After using a zero-copy slot view (resolve(copy=False)): was it still intact? Releases
+    the slot; False (counted as overwritten) when a live writer reused it meanwhile."""
+    if msg.slot is None:
+        return True
+    ok = slots.slot_valid(msg.slot)
+    slots.release_slot(msg.slot)
+    msg.slot = None
+    if not ok:
+        stats.overwritten += 1
+        stats.overwritten_events += int(msg.header["meta"].get("events", 0) or 0)
+    return ok
 
 
 def release(msg: Message) -> None:
@@ -345,22 +363,25 @@ DRAWABLE_KINDS = ("window", "prediction")
 
 
 def drain(sock: zmq.Socket, stats: WireStats | None, lossless: bool,
-          first_timeout_ms: int = 0, kinds=DRAWABLE_KINDS) -> tuple[list, list]:
+          first_timeout_ms: int = 0, kinds=DRAWABLE_KINDS,
+          copy: bool = True) -> tuple[list, list]:
     """Everything queued on `sock` (waiting up to `first_timeout_ms` for the first message)
     -> (to_handle, stale). Lossless: all of it, in order. Live (the consumer's backpressure):
     the newest message of `kinds` per stream plus every other message (control), in arrival
-    order; `stale` holds the messages of `kinds` skipped for a newer one."""
+    order; `stale` holds the messages of `kinds` skipped for a newer one. copy=False: slot
+    messages come as zero-copy views (see `resolve`; `finish` each one after use)."""
+    stats = stats if stats is not None else WireStats()
     msgs = []
     m = recv(sock, first_timeout_ms, stats, resolve_slots=False)
     while m is not None:
         msgs.append(m)
         m = recv(sock, 0, stats, resolve_slots=False)
     if lossless:
-        return [m for m in msgs if resolve(m, stats)], []
+        return [m for m in msgs if resolve(m, stats, copy)], []
     newest = {m.header.get("stream"): i for i, m in enumerate(msgs) if m.kind in kinds}
     keep = set(newest.values())
     handle = [m for i, m in enumerate(msgs)
-              if (i in keep or m.kind not in kinds) and resolve(m, stats)]
+              if (i in keep or m.kind not in kinds) and resolve(m, stats, copy)]
     stale = [m for i, m in enumerate(msgs) if i not in keep and m.kind in kinds]
     for m in stale:
         release(m)

@@ -16,10 +16,13 @@ shared by the source, window, sink and launcher processes. The live table also s
 windows took the window stage's incremental fast path (their voxel grid built while they were
 open, see represent/voxel.py), the source's pacing lag (how late its releases were: a source
 that cannot keep up shows here first) and the load average at the start of each run, since
-other work on the machine moves these numbers.
+other work on the machine moves these numbers. The lossless table adds each process's CPU time
+while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes.
+`--transport zmq` sends the tensors inside the zmq messages instead of shared-memory window
+slots (an A/B of the two transports).
 
     .venv/bin/python tools/bench/pipeline.py [--events 10000000] [--live-seconds 3] [--repeat 2]
-        [--live-repeat 1]
+        [--live-repeat 1] [--transport auto|zmq]
 """
 
 from __future__ import annotations
@@ -128,10 +131,10 @@ def ring_reader_cost(seconds: float, period_s: float = 0.001, batch: int = 12_00
             "cpu_per_s": cpu / wall, "lost": reader.lost}
 
 
-def pipeline(path: str, lossless: bool, speed) -> dict:
+def pipeline(path: str, lossless: bool, speed, transport: str = "auto") -> dict:
     cfg = PipelineConfig(source=SourceConfig(spec=path, speed=speed),
                          window=WindowConfig(window_us=50_000, num_bins=5),
-                         lossless=lossless, telemetry_interval_s=0)
+                         lossless=lossless, telemetry_interval_s=0, window_transport=transport)
     res = run_pipeline(cfg)
     if res.exit_code:
         raise SystemExit(f"pipeline failed: {res.error}")
@@ -147,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--live-repeat", type=int, default=1, help="live runs per rate")
     ap.add_argument("--ring-seconds", type=float, default=2.0,
                     help="length of the ring-only run (0: skip it)")
+    ap.add_argument("--transport", choices=("auto", "zmq"), default="auto",
+                    help="window transport (auto: shared-memory slots; zmq: tensors in messages)")
     args = ap.parse_args(argv)
 
     if args.ring_seconds > 0:
@@ -164,16 +169,20 @@ def main(argv=None) -> int:
         big = os.path.join(tmp, "big.aedat4")
         write_file(big, args.events, 5e6)
         print(f"## Lossless replay at --speed max, {args.events:,} events (346x260, B=5, 50 ms)\n")
-        print("| run | events delivered | streaming s | M ev/s | dv raw decode M ev/s | ratio |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| run | load avg | events delivered | streaming s | M ev/s | dv raw decode M ev/s "
+              "| ratio | CPU s while streaming: source / window / sink |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
         for i in range(args.repeat):
+            load = os.getloadavg()[0]
             n_ref, t_ref = dv_decode(big)
-            s = pipeline(big, lossless=True, speed=None)
+            s = pipeline(big, lossless=True, speed=None, transport=args.transport)
             assert s["events_out"] == args.events == n_ref, (s["events_out"], n_ref)
             rate = s["events_out"] / s["stream_s"] / 1e6
             ref = n_ref / t_ref / 1e6
-            print(f"| {i + 1} | {s['events_out']:,} | {s['stream_s']:.2f} | {rate:.1f} | "
-                  f"{ref:.1f} | {rate / ref:.2f} |")
+            cpu = " / ".join(f"{s['stages'].get(k, {}).get('cpu_stream_s', 0):.3f}"
+                             for k in ("source", "window", "sink"))
+            print(f"| {i + 1} | {load:.1f} | {s['events_out']:,} | {s['stream_s']:.2f} | "
+                  f"{rate:.1f} | {ref:.1f} | {rate / ref:.2f} | {cpu} |")
         os.unlink(big)
 
         print(f"\n## Live replay in real time ({args.live_seconds:g} s of events)\n")
@@ -186,7 +195,7 @@ def main(argv=None) -> int:
             write_file(path, int(rate * args.live_seconds), rate)
             for i in range(args.live_repeat):
                 load = os.getloadavg()[0]
-                s = pipeline(path, lossless=False, speed=1.0)
+                s = pipeline(path, lossless=False, speed=1.0, transport=args.transport)
                 lat, wl = s["latency_ms"], s["window_latency_ms"]
                 stages = s.get("stages", {})
                 fast = stages.get("window", {}).get("counters", {}).get("repr_fast", 0)

@@ -373,6 +373,8 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
         # the consumer's view: to delivery (sink) or to the drawn frame (viewer)
         "latency_ms": merge_latency(consumer, "latency_ms"),
         "window_latency_ms": merge_latency(win, "window_ms"),
+        # how tensors reached the consumer: "slots" (shared memory) or "zmq" (in the messages)
+        "window_transport": win.get("transport", ""),
         "malformed_messages": wire_n("malformed"),
         "frames": c(consumer, "frames_in"),
         "imu": c(consumer, "imu_in"),

@@ -62,13 +62,18 @@ def config(spec, tmp_path=None, lossless=True, speed=None, **window) -> Pipeline
                           dump_windows=str(tmp_path / "w.npz") if tmp_path else "")
 
 
-@pytest.mark.parametrize("name", [DAVIS, WHEEL])
-def test_lossless_windows_equal_offline(realdata, tmp_path, name):
-    """Every window of a lossless replay equals the one computed offline from the same file."""
+@pytest.mark.parametrize("name, transport", [(DAVIS, "auto"), (WHEEL, "auto"), (WHEEL, "zmq")])
+def test_lossless_windows_equal_offline(realdata, tmp_path, name, transport):
+    """Every window of a lossless replay equals the one computed offline from the same file,
+    whether the tensors travel in shared-memory slots or inside the zmq messages."""
+    from dataclasses import replace
+
     path = str(realdata / name)
     before = shm_names()
-    res = run_pipeline(config(path, tmp_path, window_us=20_000))
+    res = run_pipeline(replace(config(path, tmp_path, window_us=20_000),
+                               window_transport=transport))
     assert res.exit_code == 0, res.error
+    assert res.summary["window_transport"] == ("slots" if transport == "auto" else "zmq")
     with open_source(path) as src:
         events = concat_events(list(src))
         w, h = src.width, src.height

@@ -367,6 +367,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             if windower is not None:
                 tel.gauge("late_events", windower.late_events)
             snap = tel.snapshot()
+            snap["transport"] = "slots" if slots is not None else "zmq"
             link.telemetry(snap, final=True)
             reader.close()
             ring.close()

@@ -355,13 +355,16 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
                       + int(src_stats.get("dropped_outside_sensor", 0)) + int(src_stats.get("lost", 0)))
     stages = (win, worker, consumer)
     # windows whose shared-memory slot a live window stage reused before the consumer read them
-    wire_n = lambda key: sum(int(s.get("wire", {}).get(key, 0)) for s in (worker, consumer))  # noqa: E731
+    def wire_n(key: str) -> int:
+        return sum(int(s.get("wire", {}).get(key, 0)) for s in (worker, consumer))
+
     out = {
         "events_in": c(src, "events_out"),
         "events_out": c(first, "events_in"),
         "windows": c(first, "windows_in"),
         "dropped_events": dropped_events,
-        "dropped_windows": sum(c(s, "dropped_windows") for s in stages) + wire_n("overwritten"),
+        "dropped_windows": (sum(c(s, "dropped_windows") for s in stages)
+                            + wire_n("overwritten")),
         # predictions the viewer skipped because a newer one had arrived (live mode)
         "dropped_predictions": c(consumer, "dropped_predictions") + c(worker, "dropped_predictions"),
         # events inside windows that were built but not delivered (live mode: newest wins)

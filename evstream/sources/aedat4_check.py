@@ -15,9 +15,10 @@ Contract:
   stays empty. Anything broken is a one-line SourceError naming the
   file and the byte offset. The file is only read, never changed.
 - `PacketChecker(path, layout, background)` runs one numba pass over the packets in file order
-  (`_check_packets`, GIL released): each packet's LZ4 frame is walked (frame header and its
-  checksum, block sizes, every sequence's literal and match lengths and match offsets, the
-  end-of-block rules) without decoding event packets except their first EVENT_HEAD_BYTES; the
+  (`_check_packets`, GIL released): each packet's LZ4 frame is walked by lz4_check (frame
+  header and its checksum, block sizes, every sequence's literal and match lengths and match
+  offsets, the end-of-block rules) without decoding event packets except their first
+  EVENT_HEAD_BYTES; the
   small frame/IMU/trigger packets are decoded whole. The decoded bytes' flatbuffer offsets and
   vector lengths are checked against the packet size (frame pixels against
   sizeX*sizeY*channels). With `background=True` the pass runs in a daemon thread ahead of dv's
@@ -42,6 +43,7 @@ import numba
 import numpy as np
 
 from evstream.errors import SourceError
+from evstream.sources.lz4_check import LZ4_ERRORS, _lz4_frame, _lz4_walk
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 COMPRESSION = {0: "NONE", 1: "LZ4", 2: "LZ4_HIGH", 3: "ZSTD", 4: "ZSTD_HIGH"}
@@ -180,7 +182,7 @@ def _packets_from_table(path: str, f, lay: Layout) -> None:
         n = _lz4_frame(src, 0, len(src), np.zeros(0, np.uint8))
         if n < 0:
             raise SourceError(f"{path}: truncated or corrupt: {where} does not decompress "
-                              f"({_LZ4_ERRORS.get(n, n)})")
+                              f"({LZ4_ERRORS.get(n, n)})")
         out = np.zeros(n, np.uint8)
         _lz4_frame(src, 0, len(src), out)
         raw = out.tobytes()
@@ -232,223 +234,9 @@ def _packets_from_headers(f, lay: Layout) -> None:
 
 # -- the packet check (numba; releases the GIL) ---------------------------------------------------
 
-_LZ4_ERRORS = {-1: "LZ4 frame too short", -2: "no LZ4 frame magic", -3: "bad LZ4 frame header",
-               -4: "LZ4 frame cut short", -5: "bad LZ4 block size", -6: "bad LZ4 literal run",
-               -7: "bad LZ4 match", -8: "LZ4 block breaks the end-of-block rules",
-               -9: "bytes after the LZ4 frame", -10: "bad LZ4 header checksum"}
 _FB_ERROR = -100     # the decompressed packet's flatbuffer points outside the packet
 # file identifiers of the KINDS as little-endian u32 (index = kind)
 _IDENTS = np.array([0] + [int.from_bytes(k.encode(), "little") for k in KINDS], np.int64)
-
-
-@numba.njit(cache=True, nogil=True)
-def _xxh32_small(src, p, n):
-    """xxHash32 (seed 0) of src[p:p+n] for n < 16: the LZ4 frame descriptor checksum."""
-    P1, P2, P3, P4, P5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
-    M = 0xFFFFFFFF
-    h = (P5 + n) & M
-    i = p
-    while i + 4 <= p + n:
-        v = np.int64(src[i]) | (np.int64(src[i + 1]) << 8) | (np.int64(src[i + 2]) << 16) \
-            | (np.int64(src[i + 3]) << 24)
-        h = (h + v * P3) & M
-        h = (((h << 17) | (h >> 15)) & M) * P4 & M
-        i += 4
-    while i < p + n:
-        h = (h + np.int64(src[i]) * P5) & M
-        h = (((h << 11) | (h >> 21)) & M) * P1 & M
-        i += 1
-    h ^= h >> 15
-    h = (h * P2) & M
-    h ^= h >> 13
-    h = (h * P3) & M
-    h ^= h >> 16
-    return h
-
-
-@numba.njit(cache=True, nogil=True)
-def _lz4_walk_block(src, ip, iend, op, oend, low):
-    """_lz4_frame's block check without the copying: the hot loop for event packets."""
-    last_start = np.int64(-1)
-    last_end = np.int64(-1)
-    while True:
-        token = src[ip]
-        ip += 1
-        n = np.int64(token >> 4)
-        if n == 15:
-            while True:
-                if ip >= iend:
-                    return -6
-                b = src[ip]
-                ip += 1
-                n += b
-                if b != 255:
-                    break
-        ip += n
-        op += n
-        if ip >= iend:
-            if ip == iend and op <= oend:
-                break
-            return -6
-        if ip + 2 > iend:
-            return -7
-        off = np.int64(src[ip]) | (np.int64(src[ip + 1]) << 8)
-        ip += 2
-        n = np.int64(token & 15)
-        if n == 15:
-            while True:
-                if ip >= iend:
-                    return -7
-                b = src[ip]
-                ip += 1
-                n += b
-                if b != 255:
-                    break
-        if off == 0 or op - off < low:
-            return -7
-        last_start = op
-        op += n + 4
-        last_end = op
-        if ip >= iend or op > oend:
-            return -7
-    if last_end >= 0 and (last_end > op - 5 or last_start > op - 12):
-        return -8
-    return op
-
-
-@numba.njit(cache=True, nogil=True)
-def _lz4_walk(src, p, end):
-    """Check the LZ4 frame src[p:end] like _lz4_frame, decoding nothing; -> size or error."""
-    return _lz4_frame(src, p, end, np.empty(0, np.uint8), False, True)
-
-
-@numba.njit(cache=True, nogil=True)
-def _lz4_frame_header(src, p, end):
-    """Check the LZ4 frame descriptor at p; -> position of the first block, or an error."""
-    if end - p < 7:
-        return -1
-    if not (src[p] == 0x04 and src[p + 1] == 0x22 and src[p + 2] == 0x4D and src[p + 3] == 0x18):
-        return -2
-    flg = np.int64(src[p + 4])
-    bd = np.int64(src[p + 5])
-    if (flg >> 6) != 1 or (flg & 3) != 0 or (bd & 0x8F) != 0 or ((bd >> 4) & 7) < 4:
-        return -3
-    q = p + 6 + 8 * ((flg >> 3) & 1)
-    if q + 1 > end:
-        return -1
-    if ((_xxh32_small(src, p + 4, q - p - 4) >> 8) & 0xFF) != src[q]:
-        return -10
-    return q + 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _lz4_frame(src, p, end, out, early=False, walk=False):
-    """Check the LZ4 frame src[p:end] and copy its first len(out) decoded bytes into out.
-
-    Returns the decoded size, or a negative code (see _LZ4_ERRORS); with early=True it stops
-    (returning len(out)) as soon as out is full, having checked only that far. With walk=True
-    (and out empty) compressed blocks are only checked, by _lz4_walk_block, not decoded.
-    Stricter than the LZ4 library where the format's rules allow it (a zero match offset, the
-    end-of-block rules): valid encoders never produce those, and dv must never see an error the
-    library reports.
-    """
-    q = _lz4_frame_header(src, p, end)
-    if q < 0:
-        return q
-    flg = np.int64(src[p + 4])
-    block_max = np.int64(1) << (8 + 2 * ((np.int64(src[p + 5]) >> 4) & 7))
-    indep = (flg >> 5) & 1
-    bchk = (flg >> 4) & 1
-    cchk = (flg >> 2) & 1
-    limit = out.shape[0]
-    produced = np.int64(0)
-    while True:
-        if q + 4 > end:
-            return -4
-        bs = np.int64(src[q]) | (np.int64(src[q + 1]) << 8) | (np.int64(src[q + 2]) << 16) \
-            | (np.int64(src[q + 3]) << 24)
-        q += 4
-        if bs == 0:
-            break
-        raw = bs >> 31
-        bs &= 0x7FFFFFFF
-        if bs > block_max or q + bs + 4 * bchk > end:
-            return -5
-        if early and produced >= limit:
-            return limit
-        if raw:
-            for i in range(min(bs, max(limit - produced, 0))):
-                out[produced + i] = src[q + i]
-            produced += bs
-        elif walk:
-            r = _lz4_walk_block(src, q, q + bs, produced, produced + block_max,
-                                produced if indep else np.int64(0))
-            if r < 0:
-                return r
-            produced = r
-        else:
-            ip = q
-            iend = q + bs
-            op = produced
-            oend = produced + block_max
-            low = produced if indep else np.int64(0)
-            last_start = np.int64(-1)
-            last_end = np.int64(-1)
-            while True:
-                token = np.int64(src[ip])
-                ip += 1
-                n = token >> 4
-                if n == 15:
-                    while True:
-                        if ip >= iend:
-                            return -6
-                        b = np.int64(src[ip])
-                        ip += 1
-                        n += b
-                        if b != 255:
-                            break
-                if ip + n > iend or op + n > oend:
-                    return -6
-                for i in range(min(n, max(limit - op, 0))):
-                    out[op + i] = src[ip + i]
-                ip += n
-                op += n
-                if ip == iend:
-                    break
-                if ip + 2 > iend:
-                    return -7
-                off = np.int64(src[ip]) | (np.int64(src[ip + 1]) << 8)
-                ip += 2
-                if off == 0 or op - off < low:
-                    return -7
-                n = token & 15
-                if n == 15:
-                    while True:
-                        if ip >= iend:
-                            return -7
-                        b = np.int64(src[ip])
-                        ip += 1
-                        n += b
-                        if b != 255:
-                            break
-                n += 4
-                if op + n > oend or ip >= iend:
-                    return -7
-                for i in range(min(n, max(limit - op, 0))):
-                    out[op + i] = out[op + i - off]
-                last_start = op
-                op += n
-                last_end = op
-                if early and op >= limit:
-                    return limit
-            if last_end >= 0 and (last_end > op - 5 or last_start > op - 12):
-                return -8
-            produced = op
-        q += bs + 4 * bchk
-    q += 4 * cchk
-    if q != end:
-        return -9
-    return produced
 
 
 @numba.njit(cache=True, inline="always")
@@ -650,7 +438,7 @@ class PacketChecker:
         sid = int(lay.stream_ids[k])
         name = lay.streams[sid].name if sid in lay.streams else f"stream {sid}"
         what = "its contents are damaged (bad type tag or offsets)" if code == _FB_ERROR else \
-            _LZ4_ERRORS.get(code, f"error {code}")
+            LZ4_ERRORS.get(code, f"error {code}")
         raise SourceError(f"{self.path}: corrupt packet {k} ({name}) at byte "
                           f"{int(lay.offsets[k]) - 8}: {what}")
 

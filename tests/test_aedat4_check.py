@@ -107,20 +107,19 @@ def _put_sequence(out, o, lit, offset, length):
     block's last sequence) -> the position after it."""
     m = length - 4
     out[o] = (min(lit, 15) << 4) | (min(m, 15) if offset else 0)
-    o += 1
-    n = lit - 15
-    while n >= 0:
-        out[o] = min(n, 255)
-        o += 1
-        n = n - 255 if n >= 255 else -1
+    o = _put_length_bytes(out, o + 1, lit)
     out[o:o + lit] = np.random.randint(0, 256, lit).astype(np.uint8)
     o += lit
     if offset == 0:
         return o
     out[o] = offset & 255
     out[o + 1] = offset >> 8
-    o += 2
-    n = m - 15
+    return _put_length_bytes(out, o + 2, m)
+
+
+def _put_length_bytes(out, o, length):
+    """The extra length bytes of a token nibble of 15 (255s, then the rest) -> position after."""
+    n = length - 15
     while n >= 0:
         out[o] = min(n, 255)
         o += 1

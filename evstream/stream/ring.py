@@ -241,12 +241,7 @@ class EventRing:
     @classmethod
     def attach(cls, name: str) -> "EventRing":
         """Map an existing ring (never unlinks it, never registers it with a resource tracker)."""
-        seg = shm.Segment.attach(name)
-        try:
-            return cls(seg)
-        except BaseException:
-            seg.close()
-            raise
+        return shm.attach_as(name, cls)
 
     @property
     def owner(self) -> bool:

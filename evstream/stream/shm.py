@@ -97,6 +97,17 @@ class Segment:
             pass
 
 
+def attach_as(name: str, make):
+    """Attach to segment `name` and wrap it: -> make(segment). If `make` refuses the segment (it
+    is not what the caller expects), the mapping is closed before the error propagates."""
+    seg = Segment.attach(name)
+    try:
+        return make(seg)
+    except BaseException:
+        seg.close()
+        raise
+
+
 def _attach_untracked(name: str) -> Segment:
     # CPython 3.11 bug (bpo-39959 / gh-82300, still the default in 3.12 and 3.13, where only
     # `track=False` opts out): `SharedMemory(name=...)` registers a segment it merely ATTACHES to

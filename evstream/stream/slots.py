@@ -137,12 +137,7 @@ class WindowSlots:
         """Map an existing segment (never unlinks it, never registers it with a tracker)."""
         if not isinstance(name, str) or not name.startswith(NAME_PREFIX) or "/" in name:
             raise ValueError(f"{name!r:.80} is not an evstream window slot segment")
-        seg = shm.Segment.attach(name)
-        try:
-            return cls(seg)
-        except BaseException:
-            seg.close()
-            raise
+        return shm.attach_as(name, cls)
 
     @property
     def owner(self) -> bool:

@@ -117,6 +117,7 @@ def _put_sequence(out, o, lit, offset, length):
     return _put_length_bytes(out, o + 2, m)
 
 
+@numba.njit(cache=True)
 def _put_length_bytes(out, o, length):
     """The extra length bytes of a token nibble of 15 (255s, then the rest) -> position after."""
     n = length - 15

@@ -17,6 +17,7 @@ import time
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,7 +101,11 @@ def _idle_writer_proc(name, q, n):
     park()
 
 
-def _owner_proc(mode, q):
+def _owner_proc(mode, conn):
+    """Announces the ring's name on a pipe: Connection.send is one write with no lock and no
+    feeder thread, so the test's signal cannot land inside a multiprocessing.Queue's put (a
+    KeyboardInterrupt there can leave the queue's lock held and hang the exit)."""
+    q = SimpleNamespace(put=conn.send)
     if mode == "with":
         with EventRing.create(4096) as ring:
             ring.writer().write(seq_events(0, 100))
@@ -516,11 +521,12 @@ def test_cross_process_latency():
                                       ("finally", signal.SIGINT), ("with", signal.SIGTERM),
                                       ("reading", signal.SIGINT), ("reading", signal.SIGTERM)])
 def test_owner_unlinks_on_exit(mode, sig):
-    q = CTX.Queue()
-    p = CTX.Process(target=_owner_proc, args=(mode, q))
+    recv_end, send_end = CTX.Pipe(duplex=False)
+    p = CTX.Process(target=_owner_proc, args=(mode, send_end))
     p.start()
     try:
-        name = q.get(timeout=TIMEOUT)
+        assert recv_end.poll(TIMEOUT), "the owner never announced its ring"
+        name = recv_end.recv()
         if sig is not None:
             assert exists(name)
             os.kill(p.pid, sig)

@@ -17,7 +17,9 @@ windows took the window stage's incremental fast path (their voxel grid built wh
 open, see represent/voxel.py), the source's pacing lag (how late its releases were: a source
 that cannot keep up shows here first) and the load average at the start of each run, since
 other work on the machine moves these numbers. The lossless table adds each process's CPU time
-while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes.
+while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes, and the source
+process's own work measured alone (`source_alone`: read, check, write into a ring nobody
+reads), the ceiling of this design with a free core for every other stage.
 `--transport zmq` sends the tensors inside the zmq messages instead of shared-memory window
 slots (an A/B of the two transports).
 
@@ -73,6 +75,30 @@ def dv_decode(path: str) -> tuple[int, float]:
             break
         n += len(b.numpy())
     return n, time.perf_counter() - t0
+
+
+def source_alone(path: str) -> float:
+    """Seconds for the source process's own work on `path`, in this process with the rest of
+    the machine idle: open (not timed), read and check every packet, write the events into a
+    live ring nobody reads (so it never waits). The ceiling of the pipeline's lossless rate on
+    a machine with a free core for every other stage."""
+    from evstream.config import SourceConfig
+    from evstream.sources.stage import open_configured_source
+    from evstream.stream.ring import EventRing
+
+    src = open_configured_source(SourceConfig(spec=path, speed=None))
+    ring = EventRing.create(1 << 22)
+    writer = ring.writer("live")
+    try:
+        t0 = time.perf_counter()
+        for pkt in src.packets():
+            writer.write(pkt.events)
+        return time.perf_counter() - t0
+    finally:
+        src.close()
+        writer.close()
+        ring.close()
+        ring.unlink()
 
 
 def _ring_writer(name: str, ready, go, n_writes: int, period_s: float, batch: int) -> None:
@@ -170,11 +196,13 @@ def main(argv=None) -> int:
         write_file(big, args.events, 5e6)
         print(f"## Lossless replay at --speed max, {args.events:,} events (346x260, B=5, 50 ms)\n")
         print("| run | load avg | events delivered | streaming s | M ev/s | dv raw decode M ev/s "
-              "| ratio | CPU s while streaming: source / window / sink |")
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
+              "| ratio | source alone M ev/s (ratio) | CPU s while streaming: source / window / "
+              "sink |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for i in range(args.repeat):
             load = os.getloadavg()[0]
             n_ref, t_ref = dv_decode(big)
+            alone = args.events / source_alone(big) / 1e6
             s = pipeline(big, lossless=True, speed=None, transport=args.transport)
             assert s["events_out"] == args.events == n_ref, (s["events_out"], n_ref)
             rate = s["events_out"] / s["stream_s"] / 1e6
@@ -182,7 +210,8 @@ def main(argv=None) -> int:
             cpu = " / ".join(f"{s['stages'].get(k, {}).get('cpu_stream_s', 0):.3f}"
                              for k in ("source", "window", "sink"))
             print(f"| {i + 1} | {load:.1f} | {s['events_out']:,} | {s['stream_s']:.2f} | "
-                  f"{rate:.1f} | {ref:.1f} | {rate / ref:.2f} | {cpu} |")
+                  f"{rate:.1f} | {ref:.1f} | {rate / ref:.2f} | {alone:.1f} ({alone / ref:.2f}) "
+                  f"| {cpu} |")
         os.unlink(big)
 
         print(f"\n## Live replay in real time ({args.live_seconds:g} s of events)\n")

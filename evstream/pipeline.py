@@ -13,7 +13,8 @@ Lifecycle:
 3. wait for every `ready` (a stage that fails first is reported instead), then create the
    window slots (shared memory sized from the sensor geometry and the window stage's channel
    count, when every stage runs here; owned and unlinked here like the ring) and send `start`
-   with the sensor geometry the source announced and the slots' name;
+   with the sensor geometry the source announced (and the slots' name, to the window stage
+   and the stage that takes its windows);
 4. relay telemetry (a one-line status every `telemetry_interval_s` on stderr), until every stage
    reports `done`; a stage error or a stage that dies without a word stops the others;
 5. on Ctrl-C / SIGTERM send `stop`; whatever has not exited a second later is terminated, then
@@ -204,6 +205,7 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
     upstream stages finish, and notice stages that die (a worker is restarted when asked)."""
     started = False
     order = list(procs)                     # upstream first
+    slot_stages, slot_info = set(), {}
     drained: set[str] = set()
     start_info = {}
     interval = cfg.telemetry_interval_s
@@ -216,10 +218,12 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
             start_info = state.ready.get("source") or _remote_source_info(cfg)
             result.summary["source"] = start_info
             slots = _make_window_slots(cfg, state, start_info)
-            if slots:
-                start_info = dict(start_info, window_slots=slots)
+            # the slots go to the window stage and the one stage that takes its windows (the
+            # worker, else the consumer): only that one may hold the slots' consumer lock
+            slot_stages = set(order[1:3]) if slots else set()
+            slot_info = dict(start_info, window_slots=slots)
             for name in procs:
-                link.send(name, "start", info=start_info)
+                link.send(name, "start", info=slot_info if name in slot_stages else start_info)
             started = True
             state.t_streaming = time.monotonic()
         if started:
@@ -258,7 +262,8 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
                         continue
                     _wait_ready(link, state, result, name, procs[name])
                     if not result.exit_code:
-                        link.send(name, "start", info=start_info)
+                        link.send(name, "start",
+                                  info=slot_info if name in slot_stages else start_info)
                         if name in drained:
                             link.send(name, "drain")
                     continue

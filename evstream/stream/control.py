@@ -61,7 +61,7 @@ class StageLink:
                     self._cpu_at_start = time.process_time()
                     info = msg.get("info", {})
                     if info.get("window_slots") and self.stage != "window":
-                        # a consumer maps the window slots now, not on its first window
+                        # the windows' consumer maps the slots now, not on its first window
                         from evstream.stream.slots import prepare_consumer
                         prepare_consumer(info["window_slots"]["name"])
                     return info

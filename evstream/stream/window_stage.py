@@ -74,7 +74,11 @@ class _BufferPool:
     def send(self, sock, header: dict, buf: np.ndarray, flags: int) -> None:
         from evstream.stream import wire
 
-        tracker = wire.send(sock, b"window", header, [buf], flags=flags, track=True)
+        try:
+            tracker = wire.send(sock, b"window", header, [buf], flags=flags, track=True)
+        except zmq.Again:
+            self.free.append(buf)
+            raise
         self.busy.append((buf, tracker))
         self.in_flight = tracker
 
@@ -278,9 +282,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     seq += 1
                     try:
                         pool.send(sock, header, buf, 0 if cfg.lossless else zmq.NOBLOCK)
-                    except zmq.Again:
-                        if isinstance(pool, _BufferPool):
-                            pool.give_back(buf)
+                    except zmq.Again:               # (the pool took the buffer back)
                         tel.count("dropped_windows", 1)
                         tel.count("dropped_window_events", len(w.events))
                         continue

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 from evstream.config import PipelineConfig
+from evstream.errors import EvstreamError
 from evstream.stream.control import LauncherLink
 from evstream.stream.telemetry import format_line, merge_latency
 
@@ -114,7 +115,13 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     status = status or (lambda line: print(line, file=sys.stderr, flush=True))
     ctx = mp.get_context("spawn")
     tmpdir = tempfile.mkdtemp(prefix="evstream-")
-    ring = EventRing.create(cfg.source.ring_capacity_events)
+    try:
+        ring = EventRing.create(cfg.source.ring_capacity_events)
+    except OSError as e:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        mib = cfg.source.ring_capacity_events * 16 / 2**20
+        raise EvstreamError(f"cannot make the {mib:.0f} MiB event ring in /dev/shm: "
+                            f"{e.strerror or e} (free space there or lower --ring-events)") from None
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, ring_name=ring.name))
     endpoints = make_endpoints(cfg, tmpdir)
     link = LauncherLink(endpoints["control"])

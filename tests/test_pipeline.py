@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import threading
@@ -192,6 +193,19 @@ def test_bad_source_is_a_one_line_user_error(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "missing.aedat4" in r.stderr
+
+
+def test_no_room_for_the_ring_is_a_one_line_user_error():
+    """A ring larger than /dev/shm fails when the launcher makes it (the pages are reserved
+    there), as one line, before any stage starts, and leaves nothing behind."""
+    before = shm_names()
+    free_events = shutil.disk_usage("/dev/shm").free // 16
+    r = cli("replay", "synthetic:?seed=1&rate=1e5&duration=0.2", "--no-model",
+            "--ring-events", str(2 * free_events + (1 << 20)))
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "event ring" in r.stderr and "--ring-events" in r.stderr
+    assert shm_names() == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

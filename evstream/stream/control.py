@@ -19,6 +19,7 @@ when all have. Because the channel is zmq, a stage may live on another host.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import traceback
@@ -47,6 +48,13 @@ class StageLink:
         self.sock.send(json.dumps({"kind": kind, **payload}).encode())
 
     def ready(self, **info) -> None:
+        # What the stage built while setting up (modules, compiled kernels, buffers) lives as
+        # long as the process: gc.freeze moves it out of the cyclic collector's view, so the
+        # collections that streaming's allocations trigger only walk what was made since.
+        # Without it a full collection walked the whole heap: 8-12 ms in the sink just after
+        # `start` (inside the stream), 40-90 ms in the source and window stage as they ended
+        # (measured with gc.callbacks).
+        gc.freeze()
         self.send("ready", info=info)
 
     def wait_start(self, timeout_s: float = 60.0) -> dict:

@@ -80,6 +80,22 @@ class Segment:
         """A fresh descriptor on the segment file (its own open file description, for OFD locks)."""
         return os.open(shm_path(self.name), os.O_RDWR)
 
+    def reserve(self) -> None:
+        """Allocate every page of the segment now (posix_fallocate), so a full /dev/shm fails
+        here with OSError(ENOSPC) and not as a SIGBUS in whichever process writes first."""
+        fd = self.open_fd()
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+        finally:
+            os.close(fd)
+
+    def populate(self, write: bool, offset: int = 0) -> bool:
+        """Map every page of the segment from `offset` into this process now (and for `write`
+        make them writable), so the hot path takes no page faults later: madvise
+        MADV_POPULATE_WRITE / _READ (Linux >= 5.14). It never changes the contents. False where
+        the kernel cannot (the pages then fault in on first use, as before)."""
+        return _populate(self.buf, offset, write)
+
     def close(self) -> None:
         """Unmap. Raises BufferError while numpy views over `buf` are still alive."""
         if not self.closed:
@@ -95,6 +111,28 @@ class Segment:
             self._unlinker()
         except FileNotFoundError:
             pass
+
+
+_MADV_POPULATE_READ, _MADV_POPULATE_WRITE = 22, 23
+_PAGE = mmap.PAGESIZE
+
+
+def _populate(buf: memoryview, offset: int, write: bool) -> bool:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = -(-offset // _PAGE) * _PAGE
+    length = len(buf) - start
+    if length <= 0:
+        return True
+    anchor = ctypes.c_char.from_buffer(buf)        # the mapping's address (page-aligned)
+    try:
+        addr = ctypes.addressof(anchor) + start
+    finally:
+        del anchor
+    advice = _MADV_POPULATE_WRITE if write else _MADV_POPULATE_READ
+    return libc.madvise(addr, length, advice) == 0
 
 
 def attach_as(name: str, make):

@@ -110,13 +110,7 @@ class WindowSlots:
         data_offset = -(-((1 + n_slots) * _LINE * 8) // 4096) * 4096
         seg = shm.Segment.create(name, data_offset + n_slots * slot_bytes)
         try:
-            # reserve the pages now: a full /dev/shm fails here (ENOSPC), not as a SIGBUS in
-            # the window stage on its first write
-            fd = seg.open_fd()
-            try:
-                os.posix_fallocate(fd, 0, seg.size)
-            finally:
-                os.close(fd)
+            seg.reserve()       # a full /dev/shm fails here, not in the window stage
         except BaseException:
             seg.close()
             seg.unlink()

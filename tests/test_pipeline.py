@@ -93,6 +93,62 @@ def test_lossless_windows_equal_offline(realdata, tmp_path, name, transport):
     assert shm_names() == before
 
 
+def _dat_with_bad_events(path, n=120_000) -> None:
+    """A DAT file whose header says 300x260 while some events lie at x >= 300, and with two
+    runs of events stamped 5 ms earlier than their predecessors (out of time order)."""
+    from evstream.sources.prophesee import write_dat
+    from evstream.types import make_events
+
+    rng = np.random.default_rng(7)
+    t = np.sort(rng.integers(0, 400_000, n))
+    x = rng.integers(0, 300, n)
+    x[rng.choice(n, 40, replace=False)] = rng.integers(300, 346, 40)
+    write_dat(path, make_events(t, x, rng.integers(0, 260, n), rng.integers(0, 2, n)), 346, 260)
+    raw = bytearray(Path(path).read_bytes())
+    head = raw.index(b"% Width 346")
+    raw[head:head + 11] = b"% Width 300"
+    first = raw.index(b"% Height 260\n") + len(b"% Height 260\n") + 2
+    rec = np.frombuffer(raw, "<u4", offset=first).reshape(-1, 2).copy()
+    for start in (30_000, 90_000):
+        rec[start:start + 25, 0] -= 5000
+    raw[first:] = rec.tobytes()
+    Path(path).write_bytes(bytes(raw))
+
+
+def test_bad_events_are_checked_in_the_ring_write(tmp_path):
+    """The source stage checks events while it copies them into the ring (one pass): the same
+    events reach the windows, with the same counts and the same one-line error, as when the
+    source checks them itself."""
+    from dataclasses import replace
+
+    path = str(tmp_path / "bad.dat")
+    _dat_with_bad_events(path)
+    with pytest.raises(Exception) as plain_error:
+        list(open_source(path))
+    with open_source(path, bad_events="drop") as src:
+        events = concat_events(list(src))
+        expected = src.stats
+        w, h = src.width, src.height
+    assert expected.dropped_outside_sensor > 0 and expected.dropped_out_of_order > 0
+
+    cfg = config(path, tmp_path, window_us=20_000, ring=1 << 15)
+    res = run_pipeline(replace(cfg, source=replace(cfg.source, options={"bad_events": "drop"})))
+    assert res.exit_code == 0, res.error
+    got_stats = res.summary["stages"]["source"]["source"]
+    assert got_stats["dropped_outside_sensor"] == expected.dropped_outside_sensor
+    assert got_stats["dropped_out_of_order"] == expected.dropped_out_of_order
+    assert got_stats["events"] == len(events) == res.summary["events_in"]
+    offline = windows_offline(events, WindowSpec(window_us=20_000))
+    got = np.load(tmp_path / "w.npz")
+    assert len(got["t0_us"]) == len(offline)
+    for i, win in enumerate(offline):
+        np.testing.assert_array_equal(got["windows"][i], voxel_grid(win.events, 5, h, w))
+
+    res = run_pipeline(config(path, tmp_path, window_us=20_000))     # default: an error
+    assert res.exit_code == 2 and res.user_error and res.error_stage == "source"
+    assert res.error == str(plain_error.value)
+
+
 def test_paced_replay_builds_voxels_incrementally_and_exactly(realdata, tmp_path):
     """A real-time replay builds each window's voxel grid while the window is open (the window
     stage's fast path, counted in its telemetry) and still delivers exactly the offline grids;

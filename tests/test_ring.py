@@ -518,6 +518,81 @@ def test_cross_process_latency():
         assert p50 < 2000
 
 
+# -- write_checked: the source's time-order and bounds check, fused into the copy ---------------
+
+def _read_all(r) -> np.ndarray:
+    parts = []
+    while len(got := r.read(timeout=0)):
+        parts.append(got)
+    return np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
+
+
+@pytest.mark.parametrize("policy", ["live", "lossless"])
+def test_write_checked_publishes_good_events_across_the_wrap(policy):
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer(policy), ring.reader()
+        sent = []
+        for start, n in ((0, 700), (700, 600), (1300, 999)):   # the 2nd and 3rd wrap around
+            ev = seq_events(start, n)
+            last = start - 1 if start else np.iinfo(np.int64).min
+            assert w.write_checked(ev, last, 346, 260) == (n, False)
+            sent.append(ev)
+            got = _read_all(r)
+            np.testing.assert_array_equal(got, ev)
+        assert w.written == 2299
+
+
+@pytest.mark.parametrize("policy", ["live", "lossless"])
+@pytest.mark.parametrize("bad_at, field, value", [
+    (0, "t", 1), (1, "t", 1), (450, "t", 400), (899, "t", 1),   # this much older than before
+    (0, "x", 346), (300, "x", 65535), (650, "y", 260), (899, "y", 300)])   # outside 346x260
+def test_write_checked_stops_at_the_first_bad_event(policy, bad_at, field, value):
+    """Only the good prefix is published, also when the bad event lies past the wrap; the
+    next write goes on from there and the reader never sees the bad event."""
+    with EventRing.create(1000) as ring:
+        w, r = ring.writer(policy), ring.reader()
+        assert w.write_checked(seq_events(0, 600), -1, 346, 260) == (600, False)
+        assert len(_read_all(r)) == 600
+        ev = seq_events(600, 900)                       # slots 600..999, then 0..499
+        if field == "t":                                # (before ev[0]: last_t = 599)
+            ev["t"][bad_at] = 599 + bad_at - value
+        else:
+            ev[field][bad_at] = value
+        written, bad = w.write_checked(ev, 599, 346, 260)
+        assert (written, bad) == (bad_at, True)
+        assert w.written == 600 + bad_at
+        got = _read_all(r)
+        np.testing.assert_array_equal(got, ev[:bad_at])
+        # the rest, once fixed, follows seamlessly
+        rest = seq_events(600 + bad_at, 900 - bad_at)
+        last = 599 + bad_at
+        assert w.write_checked(rest, last, 346, 260) == (900 - bad_at, False)
+        np.testing.assert_array_equal(_read_all(r), rest)
+        assert r.lost == 0
+
+
+def test_write_checked_live_write_larger_than_the_ring_checks_what_it_drops():
+    with EventRing.create(100) as ring:
+        w, r = ring.writer("live"), ring.reader()
+        ev = seq_events(0, 250)
+        ev[50]["t"] = 3                                 # in the part a live ring would drop
+        assert w.write_checked(ev, -1, 346, 260) == (50, True)
+        np.testing.assert_array_equal(_read_all(r), ev[:50])
+        good = seq_events(0, 250)
+        assert w.write_checked(good[50:], 49, 346, 260) == (200, False)
+        got = _read_all(r)                              # the newest 100 (the rest lapped)
+        np.testing.assert_array_equal(got, good[150:])
+        assert r.lost == 100
+
+
+def test_write_checked_lossless_timeout_is_not_a_bad_event():
+    with EventRing.create(100) as ring:
+        w, r = ring.writer("lossless"), ring.reader()
+        assert w.write_checked(seq_events(0, 150), -1, 346, 260, timeout=0.01) == (100, False)
+        assert len(_read_all(r)) == 100
+        assert w.write_checked(seq_events(100, 50), 99, 346, 260, timeout=0.01) == (50, False)
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 def test_a_ring_larger_than_dev_shm_fails_at_creation():

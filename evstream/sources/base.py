@@ -128,10 +128,21 @@ class EventSource(ABC):
         return ""
 
     # -- what users call -------------------------------------------------------------------
-    def packets(self) -> Iterator[Packet]:
+    def packets(self, check: bool = True) -> Iterator[Packet]:
+        """The packets, their events checked (time order, sensor bounds: see check_events).
+
+        check=False (only where `can_defer_check`): events come as the reader made them, and
+        the caller checks them itself while it copies them (the pipeline's source stage does,
+        in the ring write: one pass over the memory instead of two). It passes `last_t` to its
+        check, sets it to each good event array's newest time, and hands the rest of an array
+        from the first event that fails to `check_rest`, which applies the policy.
+        """
         self._last_t = np.iinfo(np.int64).min      # a new pass over the source
+        if not check and not self.can_defer_check:
+            raise ValueError(f"{type(self).__name__}: its events must be checked in packets()")
         for pkt in self._read():
-            pkt.events = self.check_events(pkt.events)
+            if check:
+                pkt.events = self.check_events(pkt.events)
             if self.filters is not None and not self._filters_in_reader and len(pkt.events):
                 n = len(pkt.events)
                 pkt.events = self.filters.apply_events(pkt.events)
@@ -143,6 +154,31 @@ class EventSource(ABC):
             st.imu += len(pkt.imu)
             st.triggers += len(pkt.triggers)
             yield pkt
+
+    @property
+    def can_defer_check(self) -> bool:
+        """packets(check=False) is allowed: no numpy-side filter runs after the check, and the
+        reader's error messages need no position of its own (`locate`)."""
+        return self.filters is None and type(self).locate is EventSource.locate
+
+    @property
+    def last_t(self) -> int:
+        """The newest event time delivered so far (int64 min before the first)."""
+        return self._last_t
+
+    @last_t.setter
+    def last_t(self, t: int) -> None:
+        self._last_t = int(t)
+
+    def check_rest(self, ev: np.ndarray, done: int) -> np.ndarray:
+        """For packets(check=False): ev[:done] passed the caller's own check and ev[done]
+        failed it. Runs ev[done:] through check_events (raising or dropping per the policy)
+        and returns what of it to deliver; the counts in `stats` are corrected."""
+        if done:
+            self._last_t = int(ev["t"][done - 1])
+        rest = self.check_events(ev[done:])
+        self.stats.events -= len(ev) - done - len(rest)
+        return rest
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for pkt in self.packets():

@@ -60,15 +60,17 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                        resolution_note=src.resolution_note)
             link.wait_start()
             next_report = time.monotonic() + cfg.telemetry_interval_s / 2
-            for pkt in src.packets():
+            # check each packet's events while copying them into the ring (one pass, not two)
+            fused = rec is None and src.can_defer_check
+            for pkt in src.packets(check=not fused):
                 if link.should_stop():
                     break
                 ev = pkt.events
                 if rec is not None:
                     rec.write(pkt)
                 if len(ev):
-                    _write(writer, ev, link)
-                    tel.count("events_out", len(ev))
+                    n = _write_checked(writer, src, ev, link) if fused else _write(writer, ev, link)
+                    tel.count("events_out", n)
                 if pkt.frames or len(pkt.imu) or len(pkt.triggers):
                     _send_side(side, pkt, cfg, tel)
                 now = time.monotonic()
@@ -136,13 +138,33 @@ def _side_eos(sock, cfg) -> None:
         pass
 
 
-def _write(writer, ev, link) -> None:
+def _write(writer, ev, link) -> int:
+    """-> events written (all of them unless a stop came while a lossless ring was full)."""
     done = 0
     while done < len(ev):
         # lossless writers block while the ring is full: wait in short slices to stay responsive
         done += writer.write(ev[done:], timeout=0.05)
         if done < len(ev) and link.should_stop():
-            return
+            break
+    return done
+
+
+def _write_checked(writer, src, ev, link) -> int:
+    """_write for unchecked events (src.packets(check=False)): the ring checks them as it
+    copies them; from the first that fails, the source's policy decides (an error raises,
+    "drop" drops, and what remains is written)."""
+    done = 0
+    while done < len(ev):
+        n, bad = writer.write_checked(ev[done:], src.last_t, src.width, src.height,
+                                      timeout=0.05)
+        if n:
+            done += n
+            src.last_t = ev["t"][done - 1]
+        if bad:
+            return done + _write(writer, src.check_rest(ev, done), link)
+        if done < len(ev) and link.should_stop():
+            break
+    return done
 
 
 def _snapshot(tel, src) -> dict:

@@ -69,6 +69,7 @@ import secrets
 import struct
 import time
 
+import numba
 import numpy as np
 
 from evstream.stream import shm
@@ -329,6 +330,19 @@ class EventRing:
         if n > k:
             self._words[:n - k] = src[k:]
 
+    def _copy_in_checked(self, seq: int, ev: np.ndarray, last_t: int, width: int,
+                         height: int) -> int:
+        """_copy_in that checks each event as it copies it (see RingWriter.write_checked):
+        -> how many events from the front passed (only those count as written)."""
+        src = np.ascontiguousarray(ev).view(np.int64).reshape(-1, 2)
+        i, n = seq % self.capacity, len(src)
+        k = min(n, self.capacity - i)
+        good = _copy_checked(src[:k], self._words[i:i + k], last_t, width, height)
+        if good == k and n > k:
+            good += _copy_checked(src[k:], self._words[:n - k], int(src[k - 1, 0]), width,
+                                  height)
+        return good
+
     def _copy_out(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
         i, n = start % self.capacity, end - start
         k = min(n, self.capacity - i)
@@ -338,6 +352,25 @@ class EventRing:
         if n > k:
             dst[k:] = self._words[:n - k]
         return out
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _copy_checked(src, dst, last_t, width, height):
+    """Copy events (as int64 word pairs: t, then x | y << 16 | p << 32) from src to dst while
+    each is inside width x height and no older than the one before it (the first: than
+    last_t); -> the index of the first that is not (len(src) when all are)."""
+    prev = last_t
+    uw = np.uint64(width)
+    uh = np.uint64(height)
+    for i in range(src.shape[0]):
+        t = src[i, 0]
+        w = src[i, 1]
+        if t < prev or np.uint64(w & 0xFFFF) >= uw or np.uint64((w >> 16) & 0xFFFF) >= uh:
+            return i
+        dst[i, 0] = t
+        dst[i, 1] = w
+        prev = t
+    return src.shape[0]
 
 
 def _slot_table(ring: EventRing, fd: int | None) -> list[dict]:
@@ -390,6 +423,28 @@ class RingWriter:
         live: never blocks, returns len(events). lossless: waits for space up to `timeout`
         seconds (None: forever) and returns what it managed to write before that.
         """
+        return self._write(events, timeout, None)[0]
+
+    def write_checked(self, events: np.ndarray, last_t: int, width: int, height: int,
+                      timeout: float | None = None) -> tuple[int, bool]:
+        """write() that checks the events in the same pass as it copies them (one pass over
+        the memory instead of two): each must lie inside width x height and be no older than
+        the one before it (the first: than last_t). Publishes the longest good prefix and
+        returns (events written, bad): `bad` means events[written] failed the check and
+        nothing from it on was published. Otherwise as write() (a lossless timeout returns
+        (fewer, False)). A live write larger than the ring checks everything first, as the
+        events it does not keep must pass too."""
+        n = len(events)
+        if self.policy == "live" and n > self._ring.capacity:
+            cap = self._ring.capacity
+            scratch = np.empty((n, 2), np.int64)
+            good = _copy_checked(np.ascontiguousarray(events).view(np.int64).reshape(-1, 2),
+                                 scratch, int(last_t), int(width), int(height))
+            self._write(events[:good], timeout, None)
+            return good, good < n
+        return self._write(events, timeout, (int(last_t), int(width), int(height)))
+
+    def _write(self, events, timeout, check) -> tuple[int, bool]:
         if self._fd < 0:
             raise ValueError("ring writer is closed")
         if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE or events.ndim != 1:
@@ -398,13 +453,16 @@ class RingWriter:
                             f"shape {getattr(events, 'shape', '?')}")
         n = len(events)
         if n == 0:
-            return 0
+            return 0, False
         cap = self._ring.capacity
         if self.policy == "live":
             keep = events if n <= cap else events[n - cap:]
-            self._put(keep, self._w + n)
+            good = self._put(keep, self._w + (n - len(keep)), check)
+            if good < len(keep):                # (check given: keep is all of events)
+                self.written += good
+                return good, True
             self.written += n
-            return n
+            return n, False
         done = 0
         deadline = _deadline(timeout)
         backoff = None
@@ -423,31 +481,43 @@ class RingWriter:
                 continue
             backoff = None
             k = min(space, n - done)
-            self._put(events[done:done + k], self._w + k)
-            done += k
-            self.written += k
-        return done
+            good = self._put(events[done:done + k], self._w, check)
+            done += good
+            self.written += good
+            if good < k:
+                return done, True
+            if check is not None:
+                check = (int(events["t"][done - 1]), check[1], check[2])
+        return done, False
 
-    def _put(self, ev: np.ndarray, new_end: int) -> None:
-        """Write `ev` as the events ending at sequence `new_end` and publish them."""
+    def _put(self, ev: np.ndarray, start: int, check=None) -> int:
+        """Write `ev` as the events from sequence `start` on and publish them; with `check`
+        ((last_t, width, height)) only the good prefix. -> events published."""
         ring, h = self._ring, self._ring._hdr
-        if new_end > self._claim:
-            self._claim = new_end
+        end = start + len(ev)
+        if end > self._claim:
+            self._claim = end
         h[_W_CLAIM] = self._claim           # 1. announce what is about to be overwritten
         shm.fence()
-        ring._copy_in(new_end - len(ev), ev)  # 2. copy
+        if check is None:                   # 2. copy
+            ring._copy_in(start, ev)
+        else:
+            end = start + ring._copy_in_checked(start, ev, *check)
+            if end == start:
+                return 0
         k = self._writes % _TS_LEN          # 3. remember when this write became visible
         ring._ts_end[k] = -1
         shm.fence()
         ring._ts_wall[k] = time.monotonic_ns()
         shm.fence()
-        ring._ts_end[k] = new_end
+        ring._ts_end[k] = end
         self._writes += 1
         h[_W_WRITES] = self._writes
         shm.fence()
-        h[_W_COMMIT] = new_end              # 4. publish
-        self._w = new_end
+        h[_W_COMMIT] = end                  # 4. publish
+        self._w = end
         self._wake_readers()
+        return end - start
 
     def _wake_readers(self) -> None:
         h = self._ring._hdr

@@ -121,7 +121,8 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         shutil.rmtree(tmpdir, ignore_errors=True)
         mib = cfg.source.ring_capacity_events * 16 / 2**20
         raise EvstreamError(f"cannot make the {mib:.0f} MiB event ring in /dev/shm: "
-                            f"{e.strerror or e} (free space there or lower --ring-events)") from None
+                            f"{e.strerror or e} (free space there or lower --ring-events)"
+                            ) from None
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, ring_name=ring.name))
     endpoints = make_endpoints(cfg, tmpdir)
     link = LauncherLink(endpoints["control"])

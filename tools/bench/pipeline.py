@@ -18,8 +18,9 @@ open, see represent/voxel.py), the source's pacing lag (how late its releases we
 that cannot keep up shows here first) and the load average at the start of each run, since
 other work on the machine moves these numbers. The lossless table adds each process's CPU time
 while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes, and the source
-process's own work measured alone (`source_alone`: read, check, write into a ring nobody
-reads), the ceiling of this design with a free core for every other stage.
+process's own work measured alone (`source_alone`: read, then check while writing into a ring
+nobody reads, as the stage does), the ceiling of this design with a free core for every other
+stage. `--live-rates ""` skips the live runs.
 `--transport zmq` sends the tensors inside the zmq messages instead of shared-memory window
 slots (an A/B of the two transports).
 
@@ -79,9 +80,9 @@ def dv_decode(path: str) -> tuple[int, float]:
 
 def source_alone(path: str) -> float:
     """Seconds for the source process's own work on `path`, in this process with the rest of
-    the machine idle: open (not timed), read and check every packet, write the events into a
-    live ring nobody reads (so it never waits). The ceiling of the pipeline's lossless rate on
-    a machine with a free core for every other stage."""
+    the machine idle: open (not timed), read every packet, check its events while writing them
+    into a live ring nobody reads (so it never waits), as the source stage does. The ceiling
+    of the pipeline's lossless rate on a machine with a free core for every other stage."""
     from evstream.config import SourceConfig
     from evstream.sources.stage import open_configured_source
     from evstream.stream.ring import EventRing
@@ -90,9 +91,18 @@ def source_alone(path: str) -> float:
     ring = EventRing.create(1 << 22)
     writer = ring.writer("live")
     try:
+        # as the source stage does it: the check fused into the ring write where it can be
+        fused = src.can_defer_check
         t0 = time.perf_counter()
-        for pkt in src.packets():
-            writer.write(pkt.events)
+        for pkt in src.packets(check=not fused):
+            ev = pkt.events
+            if not fused:
+                writer.write(ev)
+            elif len(ev):
+                n, bad = writer.write_checked(ev, src.last_t, src.width, src.height)
+                if bad:
+                    raise RuntimeError(f"{path}: the benchmark file has bad events")
+                src.last_t = ev["t"][-1]
         return time.perf_counter() - t0
     finally:
         src.close()
@@ -219,7 +229,7 @@ def main(argv=None) -> int:
               "latency p50 ms | p99 ms | max ms | window stage p50 / p99 ms | "
               "source pacing lag p99 ms |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        for rate in [float(r) for r in args.live_rates.split(",")]:
+        for rate in [float(r) for r in args.live_rates.split(",") if r.strip()]:
             path = os.path.join(tmp, f"live_{rate:g}.aedat4")
             write_file(path, int(rate * args.live_seconds), rate)
             for i in range(args.live_repeat):

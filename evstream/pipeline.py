@@ -40,6 +40,7 @@ from evstream.config import PipelineConfig
 from evstream.errors import EvstreamError
 from evstream.stream.control import LauncherLink
 from evstream.stream.telemetry import format_line, merge_latency
+from evstream.types import EVENT_DTYPE
 
 STOP_GRACE_S = 1.0
 
@@ -119,7 +120,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         ring = EventRing.create(cfg.source.ring_capacity_events)
     except OSError as e:
         shutil.rmtree(tmpdir, ignore_errors=True)
-        mib = cfg.source.ring_capacity_events * 16 / 2**20
+        mib = cfg.source.ring_capacity_events * EVENT_DTYPE.itemsize / 2**20
         raise EvstreamError(f"cannot make the {mib:.0f} MiB event ring in /dev/shm: "
                             f"{e.strerror or e} (free space there or lower --ring-events)"
                             ) from None

@@ -69,7 +69,8 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if rec is not None:
                     rec.write(pkt)
                 if len(ev):
-                    n = _write_checked(writer, src, ev, link) if fused else _write(writer, ev, link)
+                    n = (write_checked(writer, src, ev, link.should_stop) if fused
+                         else _write(writer, ev, link.should_stop))
                     tel.count("events_out", n)
                 if pkt.frames or len(pkt.imu) or len(pkt.triggers):
                     _send_side(side, pkt, cfg, tel)
@@ -138,21 +139,21 @@ def _side_eos(sock, cfg) -> None:
         pass
 
 
-def _write(writer, ev, link) -> int:
+def _write(writer, ev, should_stop) -> int:
     """-> events written (all of them unless a stop came while a lossless ring was full)."""
     done = 0
     while done < len(ev):
         # lossless writers block while the ring is full: wait in short slices to stay responsive
         done += writer.write(ev[done:], timeout=0.05)
-        if done < len(ev) and link.should_stop():
+        if done < len(ev) and should_stop():
             break
     return done
 
 
-def _write_checked(writer, src, ev, link) -> int:
+def write_checked(writer, src, ev, should_stop) -> int:
     """_write for unchecked events (src.packets(check=False)): the ring checks them as it
     copies them; from the first that fails, the source's policy decides (an error raises,
-    "drop" drops, and what remains is written)."""
+    "drop" drops, and what remains is written). Also what `bench pipeline` times."""
     done = 0
     while done < len(ev):
         n, bad = writer.write_checked(ev[done:], src.last_t, src.width, src.height,
@@ -161,8 +162,8 @@ def _write_checked(writer, src, ev, link) -> int:
             done += n
             src.last_t = ev["t"][done - 1]
         if bad:
-            return done + _write(writer, src.check_rest(ev, done), link)
-        if done < len(ev) and link.should_stop():
+            return done + _write(writer, src.check_rest(ev, done), should_stop)
+        if done < len(ev) and should_stop():
             break
     return done
 

@@ -228,12 +228,6 @@ class EventRing:
         header_bytes = (_W_SLOTS + max_readers * _LINE) * 8
         data_offset = -(-header_bytes // 4096) * 4096
         seg = shm.Segment.create(name, data_offset + capacity_events * EVENT_DTYPE.itemsize)
-        try:
-            seg.reserve()       # a full /dev/shm fails here (OSError), not as a SIGBUS later
-        except BaseException:
-            seg.close()
-            seg.unlink()
-            raise
         hdr = np.ndarray((_W_SLOTS,), np.int64, buffer=seg.buf)   # the segment starts zeroed
         hdr[_W_CAPACITY] = capacity_events
         hdr[_W_MAX_READERS] = max_readers
@@ -435,8 +429,7 @@ class RingWriter:
         (fewer, False)). A live write larger than the ring checks everything first, as the
         events it does not keep must pass too."""
         n = len(events)
-        if self.policy == "live" and n > self._ring.capacity:
-            cap = self._ring.capacity
+        if self.policy == "live" and n > self._ring.capacity:     # (rare: check a copy)
             scratch = np.empty((n, 2), np.int64)
             good = _copy_checked(np.ascontiguousarray(events).view(np.int64).reshape(-1, 2),
                                  scratch, int(last_t), int(width), int(height))

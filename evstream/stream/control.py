@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import resource
 import time
 import traceback
 
@@ -67,6 +68,7 @@ class StageLink:
                 msg = json.loads(self.sock.recv())
                 if msg["kind"] == "start":
                     self._cpu_at_start = time.process_time()
+                    self._faults_at_start = _minor_faults()
                     info = msg.get("info", {})
                     if info.get("window_slots") and self.stage != "window":
                         # the windows' consumer maps the slots now, not on its first window
@@ -100,14 +102,21 @@ class StageLink:
 
     def telemetry(self, snapshot: dict, final: bool = False) -> None:
         """Send a snapshot; it gains `cpu_stream_s`, this process's CPU time (all threads)
-        since `start`, i.e. without imports, set-up and kernel loading."""
+        since `start`, i.e. without imports, set-up and kernel loading, and `faults_stream`,
+        its page faults since then (each costs ~2 us here: memory a stage keeps touching
+        fresh shows up in it)."""
         t0 = getattr(self, "_cpu_at_start", None)
         if t0 is not None and "cpu_stream_s" not in snapshot:
-            snapshot = dict(snapshot, cpu_stream_s=round(time.process_time() - t0, 6))
+            snapshot = dict(snapshot, cpu_stream_s=round(time.process_time() - t0, 6),
+                            faults_stream=_minor_faults() - self._faults_at_start)
         self.send("telemetry", snapshot=snapshot, final=final)
 
     def done(self) -> None:
-        self.send("done")
+        """The stage's work is over (sent once: a stage may say so before it tears down its
+        shared memory and sockets, which then runs outside the launcher's streaming time)."""
+        if not getattr(self, "_done_sent", False):
+            self._done_sent = True
+            self.send("done")
 
     def error(self, exc: BaseException, user: bool) -> None:
         self.send("error", message=str(exc), user=user,
@@ -115,6 +124,11 @@ class StageLink:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _minor_faults() -> int:
+    """This process's minor page faults so far (all threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class LauncherLink:

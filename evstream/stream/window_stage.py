@@ -213,6 +213,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         tel = StageTelemetry("window")
         windower = None
         slots = None
+        finished = False
         try:
             _warm_up(rep, params, Windower, WindowSpec)
             spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
@@ -363,6 +364,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 except zmq.Again:
                     if not cfg.lossless or link.should_stop():
                         break
+            finished = True
         finally:
             tel.gauge("ring_lost_events", reader.lost)
             tel.count("dropped_events", reader.lost)
@@ -371,6 +373,8 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             snap = tel.snapshot()
             snap["transport"] = "slots" if slots is not None else "zmq"
             link.telemetry(snap, final=True)
+            if finished:
+                link.done()         # unmapping the ring and the slots is not part of the stream
             reader.close()
             ring.close()
             sock.close()

@@ -17,7 +17,8 @@ windows took the window stage's incremental fast path (their voxel grid built wh
 open, see represent/voxel.py), the source's pacing lag (how late its releases were: a source
 that cannot keep up shows here first) and the load average at the start of each run, since
 other work on the machine moves these numbers. The lossless table adds each process's CPU time
-while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes, and the source
+while streaming (`cpu_stream_s`), which is where a 2-core machine's budget goes, and its page
+faults then (`faults_stream`, ~2 us each here), and the source
 process's own work measured alone (`source_alone`: read, then check while writing into a ring
 nobody reads, as the stage does), the ceiling of this design with a free core for every other
 stage. `--live-rates ""` skips the live runs.
@@ -204,8 +205,8 @@ def main(argv=None) -> int:
         print(f"## Lossless replay at --speed max, {args.events:,} events (346x260, B=5, 50 ms)\n")
         print("| run | load avg | events delivered | streaming s | M ev/s | dv raw decode M ev/s "
               "| ratio | source alone M ev/s (ratio) | CPU s while streaming: source / window / "
-              "sink |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+              "sink | page faults while streaming: source / window / sink |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for i in range(args.repeat):
             load = os.getloadavg()[0]
             n_ref, t_ref = dv_decode(big)
@@ -216,9 +217,11 @@ def main(argv=None) -> int:
             ref = n_ref / t_ref / 1e6
             cpu = " / ".join(f"{s['stages'].get(k, {}).get('cpu_stream_s', 0):.3f}"
                              for k in ("source", "window", "sink"))
+            faults = " / ".join(f"{s['stages'].get(k, {}).get('faults_stream', 0):,}"
+                                for k in ("source", "window", "sink"))
             print(f"| {i + 1} | {load:.1f} | {s['events_out']:,} | {s['stream_s']:.2f} | "
                   f"{rate:.1f} | {ref:.1f} | {rate / ref:.2f} | {alone:.1f} ({alone / ref:.2f}) "
-                  f"| {cpu} |")
+                  f"| {cpu} | {faults} |")
         os.unlink(big)
 
         print(f"\n## Live replay in real time ({args.live_seconds:g} s of events)\n")

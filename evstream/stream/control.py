@@ -44,6 +44,7 @@ class StageLink:
         self.sock.connect(control_url)
         self.stopping = False
         self.draining = False
+        self._done_sent = False
 
     def send(self, kind: str, **payload) -> None:
         self.sock.send(json.dumps({"kind": kind, **payload}).encode())
@@ -114,7 +115,7 @@ class StageLink:
     def done(self) -> None:
         """The stage's work is over (sent once: a stage may say so before it tears down its
         shared memory and sockets, which then runs outside the launcher's streaming time)."""
-        if not getattr(self, "_done_sent", False):
+        if not self._done_sent:
             self._done_sent = True
             self.send("done")
 

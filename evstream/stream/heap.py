@@ -19,7 +19,6 @@ it does nothing and returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20        # glibc's documented upper limit for it on 64-bit
@@ -28,9 +27,10 @@ RESERVE = 16 << 20            # below MMAP_THRESHOLD, so it comes from the heap
 
 
 def _libc():
-    name = ctypes.util.find_library("c")
+    # the process's own symbols, as shm.py and ring.py load libc (find_library would run
+    # ldconfig: ~4 ms at every stage start)
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return None

@@ -140,6 +140,17 @@ def _populate(buf: memoryview, offset: int, write: bool) -> bool:
     return libc.madvise(addr, length, advice) == 0
 
 
+def adopt(seg: Segment, make):
+    """Wrap a segment this process just created and wrote its header into: -> make(seg). If
+    `make` refuses it, the segment is unlinked before the error propagates (attach_as's twin
+    for the creating side)."""
+    try:
+        return make(seg)
+    except BaseException:
+        seg.unlink()
+        raise
+
+
 def attach_as(name: str, make):
     """Attach to segment `name` and wrap it: -> make(segment). If `make` refuses the segment (it
     is not what the caller expects), the mapping is closed before the error propagates."""

@@ -118,11 +118,7 @@ class WindowSlots:
         hdr[_W_LAYOUT] = _LAYOUT
         hdr[_W_MAGIC] = _MAGIC
         del hdr
-        try:
-            return cls(seg)
-        except BaseException:
-            seg.unlink()
-            raise
+        return shm.adopt(seg, cls)
 
     @classmethod
     def attach(cls, name: str) -> "WindowSlots":

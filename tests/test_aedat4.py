@@ -532,3 +532,59 @@ def test_written_files_do_not_depend_on_padding_bytes(tmp_path):
         files.append(path.read_bytes())
     assert files[0] == files[1]
     assert noisy.tobytes() == kept                  # the caller's array is left as it was
+
+
+def _packets_as_arrays(src):
+    out = []
+    for pkt in src.packets():
+        out.append((pkt.events.copy(), [f.t_us for f in pkt.frames], pkt.imu.copy(),
+                    pkt.triggers.copy()))
+    return out
+
+
+def _same_packets(a, b) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x[0], y[0]) and x[1] == y[1] and np.array_equal(x[2], y[2])
+        and np.array_equal(x[3], y[3]) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", [DAVIS, "davis346_wheel_2024_11_26_11_35_33_crop50x50.aedat4"])
+def test_warm_up_leaves_the_source_at_its_start(realdata, name, monkeypatch):
+    """warm_up() decodes the first event packets (dv's first reads fault in its buffers) and
+    rewinds: the packets that follow are exactly those of a source that was not warmed up,
+    events, frames, IMU and triggers alike. A file whose first packets are bigger than
+    WARM_UP_BYTES is not decoded twice."""
+    path = aedat4(realdata, name)
+    with open_source(path) as src:
+        plain = _packets_as_arrays(src)
+    calls = []
+    with open_source(path) as src:
+        real = src._dv_next
+        monkeypatch.setattr(src, "_dv_next", lambda *a: calls.append(a[0]) or real(*a))
+        src.warm_up()
+        warmed = list(calls)
+        assert not any(src._count.values())
+        assert _same_packets(_packets_as_arrays(src), plain)
+    assert warmed and set(warmed) == {"events"} and len(warmed) <= recording.WARM_UP_PACKETS + 1
+    monkeypatch.setattr(recording, "WARM_UP_BYTES", 16)
+    with open_source(path) as src:
+        monkeypatch.setattr(src, "_dv_next", lambda *a: calls.append(a) or real(*a))
+        n = len(calls)
+        src.warm_up()
+        assert len(calls) == n                      # too big: nothing decoded
+
+
+def test_reading_does_not_import_the_writer(realdata):
+    """`sources/writer.py` (16 ms to import) is loaded by an .aedat4 source only when it shares
+    its dv stores (evstream record): the pipeline's source took that at its first packet."""
+    code = textwrap.dedent(f"""
+        import sys
+        from evstream.sources import open_source
+        with open_source({aedat4(realdata)!r}) as src:
+            src.warm_up()
+            n = sum(len(p.events) for p in src.packets())
+        print(n, 'evstream.sources.writer' in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.split()
+    assert out == [str(FILES[DAVIS][0]), "False"]

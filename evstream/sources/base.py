@@ -114,6 +114,12 @@ class EventSource(ABC):
         except OSError as e:
             raise SourceError(f"{self.name}: cannot open ({e.strerror})") from None
 
+    def warm_up(self) -> None:
+        """First-time work before streaming (the pipeline's source stage calls this before it
+        reports ready): a reader may let its decoder allocate or load its kernels here, so the
+        stream does not pay for it. Leaves the source as it was: packets() still starts at
+        the beginning. Default: nothing to do."""
+
     def close(self) -> None:
         """Release the underlying file/device/socket. Safe to call twice."""
         if self._f is not None:

@@ -290,6 +290,10 @@ class PacedSource(EventSource):
         self._src.close()
         self._src = None
 
+    def warm_up(self) -> None:
+        if self._src is not None:
+            self._src.warm_up()
+
     def close(self) -> None:
         if self._src is not None:
             self._src.close()

@@ -58,6 +58,7 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         rec = _recorder(src, cfg.source.record_path) if cfg.source.record_path else None
         finished = False
         try:
+            src.warm_up()           # the reader's first-time costs, before `ready`
             link.ready(width=src.width, height=src.height, camera=src.camera, live=src.live,
                        resolution_note=src.resolution_note)
             link.wait_start()

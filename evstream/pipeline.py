@@ -182,6 +182,7 @@ def _raise_terminate(signum, frame):
 @dataclass
 class _State:
     ready: dict = field(default_factory=dict)     # stage -> info it announced
+    set_up: set = field(default_factory=set)      # stages that mapped the window slots
     done: set = field(default_factory=set)
     final: dict = field(default_factory=dict)     # stage -> final telemetry snapshot
     latest: dict = field(default_factory=dict)    # stage -> newest telemetry snapshot
@@ -195,6 +196,8 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
     kind = msg.get("kind")
     if kind == "ready":
         state.ready[stage] = msg.get("info", {})
+    elif kind == "set":
+        state.set_up.add(stage)
     elif kind == "telemetry":
         state.latest[stage] = msg["snapshot"]
         if msg.get("final"):
@@ -212,7 +215,7 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
 def _supervise(cfg, link, procs, result, status, state: _State, restart=None) -> None:
     """Start the stages once all are ready, relay telemetry, send `drain` down the chain as
     upstream stages finish, and notice stages that die (a worker is restarted when asked)."""
-    started = False
+    started = set_up = False
     order = list(procs)                     # upstream first
     slot_stages, slot_info = set(), {}
     drained: set[str] = set()
@@ -223,18 +226,25 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
         got = link.recv(0.05)
         if got is not None:
             _handle(state, result, *got)
-        if not started and len(state.ready) == len(procs):
+        if not set_up and len(state.ready) == len(procs):
             start_info = state.ready.get("source") or _remote_source_info(cfg)
             result.summary["source"] = start_info
             slots = _make_window_slots(cfg, state, start_info)
             # the slots go to the window stage and the one stage that takes its windows (the
-            # worker, else the consumer): only that one may hold the slots' consumer lock
+            # worker, else the consumer): only that one may hold the slots' consumer lock;
+            # both map them before `start` and say `set`
             slot_stages = set(order[1:3]) if slots else set()
             slot_info = dict(start_info, window_slots=slots)
-            for name in procs:
+            for name in slot_stages:
+                link.send(name, "setup", info=slot_info)
+            set_up = True
+        if set_up and not started and slot_stages <= state.set_up:
+            # the stream starts now, with the first `start` sent; downstream stages first, so
+            # the source, once it runs, does not hold up the launcher's other sends
+            state.t_streaming = time.monotonic()
+            for name in reversed(order):
                 link.send(name, "start", info=slot_info if name in slot_stages else start_info)
             started = True
-            state.t_streaming = time.monotonic()
         if started:
             # a stage whose upstream stages have all finished *and exited* (so every message
             # they queued has left them: lossless senders linger until delivered) finishes

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 
-from evstream.stream.control import LauncherLink, StageLink
+from evstream.stream.control import AFTER_DONE_NICE, LauncherLink, StageLink
 
 
 def test_ready_reaches_the_launcher_and_freezes_the_setup_heap(tmp_path):
@@ -50,6 +51,72 @@ def test_streaming_counters_and_a_single_done(tmp_path):
         assert snap["cpu_stream_s"] >= 0 and snap["faults_stream"] >= 4096
         assert launcher.recv(5.0)[1]["kind"] == "done"
         assert launcher.recv(0.3) is None
+    finally:
+        gc.unfreeze()
+        link.close()
+        launcher.close()
+
+
+def test_a_stage_steps_aside_once_done(tmp_path):
+    """After `done` the stage's thread drops its CPU priority (its teardown then waits for the
+    stages still streaming); other threads, like zmq's I/O threads, keep theirs. Run in a
+    thread of its own: Linux keeps the nice value per thread."""
+    import threading
+
+    url = f"ipc://{tmp_path}/control"
+    launcher = LauncherLink(url)
+    seen = {}
+
+    def stage():
+        link = StageLink(url, "source", nice_after_done=AFTER_DONE_NICE)
+        try:
+            seen["before"] = os.getpriority(os.PRIO_PROCESS, 0)
+            link.send("ready")
+            seen["after_ready"] = os.getpriority(os.PRIO_PROCESS, 0)
+            link.done()
+            seen["after_done"] = os.getpriority(os.PRIO_PROCESS, 0)
+            link.done()
+            seen["after_second_done"] = os.getpriority(os.PRIO_PROCESS, 0)
+        finally:
+            link.close()
+
+    main_before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        t = threading.Thread(target=stage)
+        t.start()
+        t.join(10)
+        assert seen["after_ready"] == seen["before"]
+        assert seen["after_done"] == min(19, seen["before"] + AFTER_DONE_NICE)
+        assert seen["after_second_done"] == seen["after_done"]      # once, not per call
+        assert os.getpriority(os.PRIO_PROCESS, 0) == main_before
+        kinds = [launcher.recv(5.0)[1]["kind"] for _ in range(2)]
+        assert kinds == ["ready", "done"]
+    finally:
+        launcher.close()
+
+
+def test_setup_runs_before_start_and_is_answered(tmp_path):
+    """`setup` (the window slots, before `start`) runs the stage's on_setup and is answered
+    with `set`; `start` then returns its own info."""
+    import threading
+
+    url = f"ipc://{tmp_path}/control"
+    launcher = LauncherLink(url)
+    link = StageLink(url, "window")
+    got = {}
+    try:
+        link.ready()
+        assert launcher.recv(5.0)[1]["kind"] == "ready"
+        t = threading.Thread(target=lambda: got.update(
+            start=link.wait_start(5.0, on_setup=lambda info: got.update(setup=info))))
+        t.start()
+        assert launcher.send("window", "setup", info={"window_slots": None, "width": 4})
+        stage, msg = launcher.recv(5.0)
+        assert (stage, msg["kind"]) == ("window", "set") and got["setup"]["width"] == 4
+        assert "start" not in got
+        assert launcher.send("window", "start", info={"width": 5})
+        t.join(5)
+        assert got["start"] == {"width": 5}
     finally:
         gc.unfreeze()
         link.close()

@@ -97,6 +97,8 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 _count_side(side, stats, tel, 1000)   # what is still in flight beside the events
             if cfg.dump_windows:
                 _dump(cfg.dump_windows, dumped)
+            if eos:
+                link.done()     # the stream is over here: the final telemetry is bookkeeping
         finally:
             link.telemetry(_snap(tel, stats), final=True)
             sock.close()

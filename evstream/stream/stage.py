@@ -24,7 +24,7 @@ import sys
 import zmq
 
 from evstream.errors import EvstreamError
-from evstream.stream.control import StageLink, StopRequested
+from evstream.stream.control import AFTER_DONE_NICE, StageLink, StopRequested
 from evstream.stream.curve import stop_authenticators
 from evstream.stream.heap import keep_heap
 
@@ -35,7 +35,7 @@ def stage_context(endpoints: dict, stage: str):
     keep_heap()
     logging.basicConfig(level=int(os.environ.get("EVSTREAM_LOGLEVEL", logging.WARNING)),
                         format=f"evstream[{stage}]: %(levelname)s: %(message)s")
-    link = StageLink(endpoints["control"], stage)
+    link = StageLink(endpoints["control"], stage, nice_after_done=AFTER_DONE_NICE)
     code = 0
     try:
         yield link

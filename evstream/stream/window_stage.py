@@ -222,15 +222,22 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             # `ready`, so the first windows pay no allocation or page faults
             windower = Windower(spec, reuse_buffers=True, capacity_events=_PREALLOC_EVENTS)
             link.ready(channels=rep.channels(**params))     # sizes the window slots
-            info = link.wait_start()
+            slot_writer = None
+
+            def setup(info):                                # before `start`: map the slots
+                nonlocal slots, slot_writer
+                from evstream.stream.slots import SlotWriter, WindowSlots
+                if info.get("window_slots") and slots is None:
+                    slots = WindowSlots.attach(info["window_slots"]["name"])
+                    slot_writer = SlotWriter(slots, cfg.lossless)
+
+            info = link.wait_start(on_setup=setup)
             width, height = info["width"], info["height"]
             channels = rep.channels(**params)
-            slot_info = info.get("window_slots")
-            if slot_info:
-                from evstream.stream.slots import SlotWriter, WindowSlots
-                slots = WindowSlots.attach(slot_info["name"])
-                pool = _SlotOut(SlotWriter(slots, cfg.lossless), (channels, height, width),
-                                link.should_stop)
+            if info.get("window_slots") and slots is None:
+                setup(info)                                 # (a launcher that sent no setup)
+            if slot_writer is not None:
+                pool = _SlotOut(slot_writer, (channels, height, width), link.should_stop)
             else:
                 pool = _BufferPool((channels, height, width))
             speed = cfg.source.speed
@@ -365,6 +372,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     if not cfg.lossless or link.should_stop():
                         break
             finished = True
+            link.done()             # the final telemetry and unmapping are not part of it
         finally:
             tel.gauge("ring_lost_events", reader.lost)
             tel.count("dropped_events", reader.lost)

@@ -31,8 +31,7 @@ Contracts.
 - Policies. Live: `acquire` takes the slot after the last one, round robin, never waiting (a slow
   consumer loses windows, as with zmq's queue). Lossless: `acquire` takes the lowest-numbered
   free slot (a consumer that keeps up thus leaves the writer cycling through two or three
-  cache-warm slots); when none is free it waits until the slot after the last one (the oldest
-  published) is released, for at most `timeout` (None: no limit; then it returns None so the caller
+  cache-warm slots); when none is free it waits until one is released, for at most `timeout` (None: no limit; then it returns None so the caller
   can look for a stop request). A consumer holds an OFD lock on the segment's first byte while it
   lives (the kernel drops it when it dies, SIGKILL included); a lossless writer that has seen the
   lock held and finds it gone (the consumer died, e.g. a worker about to be restarted) stops
@@ -270,12 +269,12 @@ class SlotWriter:
             # the lowest free slot: with a consumer that keeps up, the same two or three slots
             # take turns and stay in this core's cache (round robin over 8 slots of a 346x260
             # voxel grid cost the voxel kernel ~20% more, 58 against 48 ms per 10 M events)
-            j = next((j for j in range(n) if j not in self.held and self._free(j)), None)
-            if j is not None:
-                i = j
-        if self.lossless and not self._free(i):
-            if not self._wait_free(i, timeout):
-                return None
+            j = self._lowest_free()
+            if j is None:
+                j = self._wait_free(i, timeout)
+                if j is None:
+                    return None
+            i = j
         w = self.slots._slot_words[i]
         w[_S_GEN] = int(w[_S_GEN]) + 1       # odd: being written
         shm.fence()
@@ -283,7 +282,13 @@ class SlotWriter:
         self._next = (i + 1) % n
         return i
 
-    def _wait_free(self, i: int, timeout: float | None) -> bool:
+    def _lowest_free(self) -> int | None:
+        return next((j for j in range(self.slots.n_slots)
+                     if j not in self.held and self._free(j)), None)
+
+    def _wait_free(self, i: int, timeout: float | None) -> int | None:
+        """Wait until a slot is released -> the lowest free one (`i` once the consumer died),
+        or None when the timeout ran out."""
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + max(0.0, timeout)
         hdr = self.slots._hdr
@@ -291,14 +296,15 @@ class SlotWriter:
             while True:
                 seq = int(hdr[_W_RELEASE])
                 shm.fence()
-                if self._free(i):
-                    return True
+                j = self._lowest_free()
+                if j is not None:
+                    return j
                 if self._consumer_gone():
                     self._reclaim()
-                    return True
+                    return i
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    return False
+                    return None
                 left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - now)
                 futex_wait(self.slots._release_addr, seq, left)
         finally:

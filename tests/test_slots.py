@@ -261,6 +261,12 @@ def test_lossless_writer_reuses_the_lowest_free_slot(seg):
     _read(held[2])                                  # a later one released first: taken
     assert w.acquire(timeout=0) == 2
     w.discard(2)
+    w.acquire(timeout=0)                            # (2 again) all four held or published
+    import threading
+    t = threading.Timer(0.05, lambda: _read(held[1]))
+    t.start()                                       # released while the writer waits: taken,
+    assert w.acquire(timeout=2.0) == 1              # though the round robin is at slot 3
+    t.join()
 
     live = SlotWriter(WindowSlots.attach(seg.name), lossless=False)
     order = []

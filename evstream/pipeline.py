@@ -215,7 +215,7 @@ def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> Non
 def _supervise(cfg, link, procs, result, status, state: _State, restart=None) -> None:
     """Start the stages once all are ready, relay telemetry, send `drain` down the chain as
     upstream stages finish, and notice stages that die (a worker is restarted when asked)."""
-    started = set_up = False
+    started = setup_sent = False
     order = list(procs)                     # upstream first
     slot_stages, slot_info = set(), {}
     drained: set[str] = set()
@@ -226,7 +226,7 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
         got = link.recv(0.05)
         if got is not None:
             _handle(state, result, *got)
-        if not set_up and len(state.ready) == len(procs):
+        if not setup_sent and len(state.ready) == len(procs):
             start_info = state.ready.get("source") or _remote_source_info(cfg)
             result.summary["source"] = start_info
             slots = _make_window_slots(cfg, state, start_info)
@@ -237,8 +237,8 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
             slot_info = dict(start_info, window_slots=slots)
             for name in slot_stages:
                 link.send(name, "setup", info=slot_info)
-            set_up = True
-        if set_up and not started and slot_stages <= state.set_up:
+            setup_sent = True
+        if setup_sent and not started and slot_stages <= state.set_up:
             # the stream starts now, with the first `start` sent; downstream stages first, so
             # the source, once it runs, does not hold up the launcher's other sends
             state.t_streaming = time.monotonic()

@@ -568,7 +568,8 @@ def test_warm_up_leaves_the_source_at_its_start(realdata, name, monkeypatch):
     assert warmed and set(warmed) == {"events"} and len(warmed) <= recording.WARM_UP_PACKETS + 1
     monkeypatch.setattr(recording, "WARM_UP_BYTES", 16)
     with open_source(path) as src:
-        monkeypatch.setattr(src, "_dv_next", lambda *a: calls.append(a) or real(*a))
+        real = src._dv_next
+        monkeypatch.setattr(src, "_dv_next", lambda *a: calls.append(a[0]) or real(*a))
         n = len(calls)
         src.warm_up()
         assert len(calls) == n                      # too big: nothing decoded

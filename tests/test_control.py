@@ -116,7 +116,19 @@ def test_setup_runs_before_start_and_is_answered(tmp_path):
         assert "start" not in got
         assert launcher.send("window", "start", info={"width": 5})
         t.join(5)
-        assert got["start"] == {"width": 5}
+        assert got["start"] == {"width": 5} and got["setup"]["width"] == 4     # set up once
+        # no `setup` (a restarted worker): the set-up runs on `start`'s info
+        late = StageLink(url, "worker")
+        got.clear()
+        t = threading.Thread(target=lambda: got.update(
+            start=late.wait_start(5.0, on_setup=lambda info: got.update(setup=info))))
+        t.start()
+        late.send("ready")
+        assert launcher.recv(5.0)[0] == "worker"
+        assert launcher.send("worker", "start", info={"width": 6})
+        t.join(5)
+        assert got == {"setup": {"width": 6}, "start": {"width": 6}}
+        late.close()
     finally:
         gc.unfreeze()
         link.close()

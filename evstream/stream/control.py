@@ -73,7 +73,8 @@ class StageLink:
 
     def wait_start(self, timeout_s: float = 60.0, on_setup=None) -> dict:
         """Wait for `start` -> its info. A `setup` before it runs `on_setup(info)` (default: a
-        consumer maps the window slots the info names) and answers `set`."""
+        consumer maps the window slots the info names) and answers `set`; without one (a
+        restarted worker) the set-up runs on `start`'s info instead."""
         deadline = time.monotonic() + timeout_s
         set_up = False
         while True:
@@ -89,8 +90,8 @@ class StageLink:
                     continue
                 if msg["kind"] == "start":
                     info = msg.get("info", {})
-                    if not set_up and on_setup is None:
-                        _prepare_consumer(info)     # (a restarted worker gets no setup)
+                    if not set_up:
+                        (on_setup or _prepare_consumer)(info)
                     self._cpu_at_start = time.process_time()
                     self._faults_at_start = _minor_faults()
                     return info

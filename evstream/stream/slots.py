@@ -31,12 +31,12 @@ Contracts.
 - Policies. Live: `acquire` takes the slot after the last one, round robin, never waiting (a slow
   consumer loses windows, as with zmq's queue). Lossless: `acquire` takes the lowest-numbered
   free slot (a consumer that keeps up thus leaves the writer cycling through two or three
-  cache-warm slots); when none is free it waits until one is released, for at most `timeout` (None: no limit; then it returns None so the caller
-  can look for a stop request). A consumer holds an OFD lock on the segment's first byte while it
-  lives (the kernel drops it when it dies, SIGKILL included); a lossless writer that has seen the
-  lock held and finds it gone (the consumer died, e.g. a worker about to be restarted) stops
-  waiting for windows the dead consumer had been sent: they were lost with it, as they would be
-  in its zmq queue.
+  cache-warm slots); when none is free it waits until one is released, for at most `timeout`
+  (None: no limit; then it returns None so the caller can look for a stop request). A consumer
+  holds an OFD lock on the segment's first byte while it lives (the kernel drops it when it dies,
+  SIGKILL included); a lossless writer that has seen the lock held and finds it gone (the
+  consumer died, e.g. a worker about to be restarted) stops waiting for windows the dead
+  consumer had been sent: they were lost with it, as they would be in its zmq queue.
 - The writer holds at most a few slots at once (the window being filled, one built ahead);
   `discard` gives a slot back unpublished (its window was dropped).
 - A segment name in a message is only attached if it looks like ours (`evstream_` prefix, magic

@@ -213,7 +213,6 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         tel = StageTelemetry("window")
         windower = None
         slots = None
-        finished = False
         try:
             _warm_up(rep, params, Windower, WindowSpec)
             spec = WindowSpec(mode=wc.mode, window_us=wc.window_us, stride_us=wc.stride_us,
@@ -234,8 +233,6 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             info = link.wait_start(on_setup=setup)
             width, height = info["width"], info["height"]
             channels = rep.channels(**params)
-            if info.get("window_slots") and slots is None:
-                setup(info)                                 # (a launcher that sent no setup)
             if slot_writer is not None:
                 pool = _SlotOut(slot_writer, (channels, height, width), link.should_stop)
             else:
@@ -371,8 +368,7 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                 except zmq.Again:
                     if not cfg.lossless or link.should_stop():
                         break
-            finished = True
-            link.done()             # the final telemetry and unmapping are not part of it
+            link.done()             # the final telemetry and the unmapping are not part of it
         finally:
             tel.gauge("ring_lost_events", reader.lost)
             tel.count("dropped_events", reader.lost)
@@ -381,8 +377,6 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             snap = tel.snapshot()
             snap["transport"] = "slots" if slots is not None else "zmq"
             link.telemetry(snap, final=True)
-            if finished:
-                link.done()         # unmapping the ring and the slots is not part of the stream
             reader.close()
             ring.close()
             sock.close()

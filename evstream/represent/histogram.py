@@ -4,10 +4,9 @@
     H[1, y, x] = number of ON events  (p > 0)  at (x, y)
 
 Channel order: the channel index is the polarity bit (0 = OFF, 1 = ON), as in AEDAT4 /
-dv-processing and tonic's ToFrame (which indexes its polarity axis by p). EvDistill itself gives
-no order to copy: its DDD17 and MVSEC inputs are pre-rendered RGB event images stored beside the
-APS frames (`event_aps_dataset_v2.py` crops the left half of a PNG and applies ToTensor, which
-scales by 1/255), so its network never sees raw counts.
+dv-processing and tonic's ToFrame (which indexes its polarity axis by p). EvDistill's own input
+is not this: its pre-rendered RGB event images hold ON then OFF, each plane over its own maximum
+in 8 bits, with an empty third plane; that is `evdistill_rgb` (evdistill.py, with the evidence).
 
 `histogram_max` is the max-normalised form: each polarity channel divided by its own maximum,
 so each lies in [0, 1]; a channel with no events stays all zero.

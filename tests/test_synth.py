@@ -15,7 +15,7 @@ import pytest
 
 from conftest import run_cli
 from evstream.sim.camera import ILLUMINATIONS, MOTIONS, ApsConfig, aps_image
-from evstream.sim.dataset import (DEFAULT_SIM, SynthConfig, generate_dataset,
+from evstream.sim.dataset import (CONDITION_CYCLE, DEFAULT_SIM, SynthConfig, generate_dataset,
                                   plan_sequences, sequence_outputs, split_sizes)
 from evstream.sim.driver import StepConfig, run_world
 from evstream.sim.esim import EventSimulator, SimConfig
@@ -286,18 +286,23 @@ def test_split_sizes(n):
 
 
 def test_plan_is_deterministic_and_test_split_has_every_condition():
-    cfg = seg_config(sequences=10)
+    cfg = seg_config(sequences=12)
     plan = plan_sequences(cfg)
     assert plan == plan_sequences(cfg)
-    assert [e["name"] for e in plan] == [f"seq_{i:04d}" for i in range(10)]
+    assert [e["name"] for e in plan] == [f"seq_{i:04d}" for i in range(12)]
     test = [e for e in plan if e["split"] == "test"]
     assert {e["conditions"]["illumination"] for e in test} == set(ILLUMINATIONS)
     assert {e["conditions"]["motion"] for e in test} == set(MOTIONS)
-    assert len({e["seed"] for e in plan}) == 10
+    # one adverse condition per test sequence: each differs from (normal, slow) in <= 1 way
+    pairs = sorted((e["conditions"]["illumination"], e["conditions"]["motion"]) for e in test)
+    assert pairs == sorted(CONDITION_CYCLE[:5])
+    assert all((ill != "normal") + (mot != "slow") <= 1 for ill, mot in pairs)
+    assert sorted(CONDITION_CYCLE) == sorted((i, m) for i in ILLUMINATIONS for m in MOTIONS)
+    assert len({e["seed"] for e in plan}) == 12
     assert plan_sequences(replace(cfg, seed=2)) != plan
     three = plan_sequences(seg_config(sequences=3))
     assert sorted(e["split"] for e in three) == ["test", "train", "val"]
-    assert {e["conditions"]["illumination"] for e in three} == set(ILLUMINATIONS)
+    assert len({e["conditions"]["illumination"] for e in three}) == 3
     cls = SynthConfig(task="cls", sequences=120, seed=4).resolved()
     plan = plan_sequences(cls)
     train = [e for e in plan if e["split"] == "train"]

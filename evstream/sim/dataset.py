@@ -7,14 +7,17 @@ frames.npz, OUT/<name>/labels.npz).
 
 Planning (`plan_sequences`, deterministic for a seed):
 - Split sizes from the fractions (largest remainder), then every split with a non-zero
-  fraction gets at least one sequence when there are enough, and the test split gets at least
-  three when that still leaves one for each other split, so it can hold every condition.
+  fraction gets at least one sequence when there are enough, the test split at least three
+  when that still leaves one for each other split, and at least five (one per single
+  condition, below) while that leaves training at least as many as the test split.
   Which sequences go where is a seeded permutation: the split is by sequence, never by frame.
-- Conditions: inside each split the sequences cycle through the six (illumination, motion)
-  pairs in an order where any three in a row cover the three illuminations and both motions
-  (train starts at the first pair, val at the second, test at the third), with the names
-  permuted per dataset from the seed; so a test split of three or more sequences contains
-  every illumination and every motion.
+- Conditions: inside each split the sequences cycle through the eight (illumination, motion)
+  pairs of CONDITION_CYCLE. Its first five change one thing at a time from the nominal
+  (normal, slow): normal/slow, low/slow, hdr/slow, normal/fast, over/slow; then the mixed
+  low/fast, hdr/fast, over/fast. The test split starts at the first pair, val at the second,
+  train at the third, so a test split of five sequences has each single condition in a
+  sequence of its own (per-condition scores never mix two adverse conditions), and a
+  3-sequence dataset has three illuminations.
 - cls: inside each split the labels cycle through a seeded permutation of the classes
   (balanced splits), and the condition cycle steps one further after each round of classes
   so that every class meets every condition.
@@ -49,8 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from evstream.errors import EvstreamError
-from evstream.sim.camera import (ILLUMINATION, ILLUMINATIONS, MOTION, MOTIONS, ApsConfig,
-                                 exposure_for)
+from evstream.sim.camera import ILLUMINATION, MOTION, ApsConfig, exposure_for
 from evstream.sim.driver import DriverStats, StepConfig, run_world
 from evstream.sim.esim import EventSimulator, SimConfig
 from evstream.sim.scenes_cls import CLS_CLASSES, CLS_COLORS, ClsSceneConfig, ClsWorld
@@ -59,10 +61,16 @@ from evstream.sim.scenes_seg import SEG_CLASSES, SEG_COLORS, SegSceneConfig, Seg
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 TASKS = ("seg", "cls")
+# (illumination, motion): the nominal pair, then one adverse condition at a time, then mixed
+CONDITION_CYCLE = (("normal", "slow"), ("low", "slow"), ("hdr", "slow"), ("normal", "fast"),
+                   ("over", "slow"), ("low", "fast"), ("hdr", "fast"), ("over", "fast"))
+SINGLE_CONDITIONS = 5                    # the first five of CONDITION_CYCLE
+SPLIT_CYCLE_START = {"test": 0, "val": 1, "train": 2}
 
 # The simulator as the datasets use it: DAVIS-like thresholds and a little noise. eps is far
-# below the darkest radiance of every illumination (0.03 x albedo 0.02 = 6e-4), so the log
-# response is the same in all conditions; low light multiplies the background activity.
+# below the darkest radiance of every illumination (hdr: 0.006 x albedo 0.02 = 1.2e-4), so the
+# log response is the same in all conditions; low light and hdr multiply the background
+# activity.
 DEFAULT_SIM = SimConfig(c_on=0.25, c_off=0.25, sigma_threshold=0.03, refractory_us=100,
                         ba_rate_hz=0.1, hot_pixel_fraction=1e-4, hot_pixel_rate_hz=10.0,
                         eps=1e-5)
@@ -165,14 +173,9 @@ def split_sizes(n: int, fractions) -> list[int]:
     if fractions[2] > 0:
         while sizes[2] < 3 and take(2):
             pass
+        while sizes[2] < SINGLE_CONDITIONS and sizes[0] - 1 >= sizes[2] + 1 and take(2):
+            pass
     return sizes
-
-
-def _condition_cycle(rng: np.random.Generator) -> list[dict]:
-    ill = [ILLUMINATIONS[i] for i in rng.permutation(3)]
-    mot = [MOTIONS[i] for i in rng.permutation(2)]
-    pairs = [(0, 0), (1, 1), (2, 0), (0, 1), (1, 0), (2, 1)]   # first three cover everything
-    return [{"illumination": ill[a], "motion": mot[b]} for a, b in pairs]
 
 
 def plan_sequences(cfg: SynthConfig) -> list[dict]:
@@ -184,19 +187,19 @@ def plan_sequences(cfg: SynthConfig) -> list[dict]:
     seeds = [int(s.generate_state(1, np.uint32)[0]) for s in s_seqs.spawn(n)]
     sizes = split_sizes(n, cfg.split)
     order = rng.permutation(n)
-    cycle = _condition_cycle(rng)
+    cycle = [{"illumination": a, "motion": b} for a, b in CONDITION_CYCLE]
     classes = cfg.classes
     class_order = rng.permutation(len(classes))
     entries: list[dict | None] = [None] * n
     start = 0
-    for offset, (split, size) in enumerate(zip(SPLITS, sizes)):
+    for split, size in zip(SPLITS, sizes):
         members = sorted(int(i) for i in order[start:start + size])
         start += size
         for j, i in enumerate(members):
             # each split starts at its own place in the cycle (a 3-sequence dataset gets three
             # illuminations); cls: shift the cycle by one after each round of classes, so every
-            # class meets every condition (6 and 10 share a factor: lockstep would not)
-            c = offset + j + (j // len(classes) if cfg.task == "cls" else 0)
+            # class meets every condition (8 and 10 share a factor: lockstep would not)
+            c = SPLIT_CYCLE_START[split] + j + (j // len(classes) if cfg.task == "cls" else 0)
             e = {"name": f"seq_{i:04d}", "split": split, "seed": seeds[i],
                  "conditions": dict(cycle[c % len(cycle)])}
             if cfg.task == "cls":

@@ -32,6 +32,8 @@ Everything is deterministic: the grid depends only on the rendered radiance.
 Output order: one `StepOutput` per APS frame, yielded as soon as its exposure window closes,
 with the events since the previous output (so the events of an output end at the window's end,
 after the frame's timestamp), then one last output with the events up to t_end_us and no frame.
+The APS frames of one run share one sensor: its fixed pattern (camera.sensor_offsets) is drawn
+from `rng` once, before the first frame's noise.
 `DriverStats` counts virtual frames and the CPU time (this process, all threads) spent
 rendering and simulating.
 """
@@ -45,7 +47,7 @@ from typing import Iterator
 
 import numpy as np
 
-from evstream.sim.camera import ApsConfig, aps_image
+from evstream.sim.camera import ApsConfig, aps_image, sensor_offsets
 from evstream.sim.esim import EventSimulator
 from evstream.types import Frame, concat_events
 
@@ -128,6 +130,7 @@ def run_world(world, sim: EventSimulator, frame_times_us, exposure_us: int, t_en
     t = 0
     rad_prev, _ = render(0, False)
     simulate(rad_prev, 0)
+    offsets = sensor_offsets(rad_prev.shape, aps, rng)     # the sequence's fixed pattern
     log_prev = np.log(rad_prev + np.float32(eps))
     dt = dt_min
     k = 0                          # next frame
@@ -163,7 +166,7 @@ def run_world(world, sim: EventSimulator, frame_times_us, exposure_us: int, t_en
         if k < len(windows) and t_next == windows[k][1]:
             c0 = clock()
             mean = acc / np.float32(exposure_us) if acc is not None else rad
-            image = aps_image(mean, exposure_us, gain, aps, rng)
+            image = aps_image(mean, exposure_us, gain, aps, rng, offsets=offsets)
             stats.aps_s += clock() - c0
             yield StepOutput(concat_events(pending), Frame(frame_times[k], image, exposure_us),
                              labels_k)

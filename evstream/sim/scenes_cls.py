@@ -20,7 +20,8 @@ The image is drawn once at 4x and area-averaged (anti-aliased edges) on a canvas
 the view by the saccade amplitude; each virtual frame is a sub-pixel translation of it
 (cv2.warpAffine, bilinear). Motion: three minimum-jerk saccades along a triangle of random
 orientation, each a third of the sequence, amplitude `saccade_fraction` x width x MOTION
-multiplier (slow 0.5, fast 1.4). Illumination scales the radiance (camera.ILLUMINATION).
+multiplier (slow 0.5, fast 1.4). Illumination scales the radiance (camera.ILLUMINATION; this
+world has no sky, so "hdr" is only its dark part: a night scene).
 """
 
 from __future__ import annotations

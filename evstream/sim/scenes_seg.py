@@ -20,7 +20,8 @@ What a sequence holds (all drawn from the sequence's seed; see seg_layers / spri
   other lanes (same direction at their own speeds, oncoming), parked cars, pedestrians walking
   along the sidewalks (walking cycle animated) and some crossing the road well ahead of the
   car, plus static trees, bushes, poles, signs and traffic lights along the curb;
-- the illumination condition scales all radiance (ILLUMINATION in camera.py); the motion
+- the illumination condition scales all radiance (ILLUMINATION in camera.py; its sky_scale,
+  if any, scales the sky alone, not the haze, relative to the surfaces: "hdr"); the motion
   condition scales speeds, yaw and vibration (MOTION).
 Rendering: seg_kernel.render_seg, ~10-15 ms per 346x260 virtual frame on one core of the
 development machine (its per-pixel pass runs rows in parallel when Numba has threads). Below
@@ -110,6 +111,7 @@ class SegWorld:
         self.config = cfg = config
         self.conditions = dict(conditions)
         illum = ILLUMINATION[conditions["illumination"]]["radiance_scale"]
+        sky = illum * ILLUMINATION[conditions["illumination"]].get("sky_scale", 1.0)
         motion = MOTION[conditions["motion"]]
         rng_layout, rng_tex, rng_sprites, rng_motion, rng_objects = (
             np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(5))
@@ -197,7 +199,7 @@ class SegWorld:
         p[K.P_CAM_Y] = cfg.camera_height_m
         p[K.P_ILLUM] = illum
         p[K.P_FOG_M] = cfg.fog_m
-        p[K.P_SKY] = cfg.sky * illum
+        p[K.P_SKY] = cfg.sky * sky
         p[K.P_FOG] = 0.75 * cfg.sky * illum
         p[K.P_G_TID], p[K.P_G_TEXEL], p[K.P_G_X0] = self._g_tid, g_texel, self._g_x0
         p[K.P_F_TID_L], p[K.P_F_TID_R] = f_tids

@@ -434,6 +434,38 @@ def test_ncaltech_with_real_nmnist_bins(realdata, tmp_path):
     assert 0 < int(short[0]["events"].sum()) < 4_325
 
 
+# -- N-MNIST (the real recordings in its published layout) ---------------------------------------
+
+def test_nmnist_published_layout_real_recordings(realdata, tmp_path):
+    root = realdata / "nmnist_real"
+    per_class = [97, 116, 99, 93, 105, 92, 94, 117, 87, 100]           # MANIFEST.md
+    assert detect_kind(root) == "nmnist"
+    train = open_dataset(root, split="train", representation=HIST, window_us=400_000)
+    val = open_dataset(root, split="val", representation=HIST, window_us=400_000)
+    assert (train.task, train.classes) == ("classification", [str(d) for d in range(10)])
+    assert not train.has_images and train.has_labels and train.has_events
+    assert len(train) + len(val) == 1_000
+    # every tenth recording of each digit is held out: floor(n / 10) per class
+    assert len(val) == sum(n // 10 for n in per_class)
+    assert not {p for p, _ in train.files} & {p for p, _ in val.files}
+    assert [lab for _, lab in val.files].count(7) == 11
+    i = [k for k, (p, _) in enumerate(train.files) if p.endswith(os.path.join("5", "1.bin"))]
+    s = train[i[0]]
+    assert int(s["label"]) == 5 and s["events"].shape == (2, 34, 34)
+    assert int(s["events"].sum()) == 4_681                     # Train/5/1.bin, all its events
+    assert s["meta"]["t_us"] == 305_925 and s["meta"]["sequence"] == "5/1"
+    with pytest.raises(EvstreamError, match="Test: no N-MNIST recordings"):
+        open_dataset(root, split="test")
+    # a root holding only Test/: the folder is the split
+    (tmp_path / "Test" / "3").mkdir(parents=True)
+    os.symlink(root / "Train" / "3" / os.listdir(root / "Train" / "3")[0],
+               tmp_path / "Test" / "3" / "12.bin")
+    test = open_dataset(tmp_path, split="test", representation=HIST, window_us=400_000)
+    assert len(test) == 1 and int(test[0]["label"]) == 3
+    with pytest.raises(EvstreamError, match="Train: no N-MNIST recordings"):
+        open_dataset(tmp_path, split="train")
+
+
 def test_ncaltech_splits_by_position(tmp_path):
     d = tmp_path / "N-Caltech101" / "ant"
     d.mkdir(parents=True)

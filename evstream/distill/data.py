@@ -30,6 +30,7 @@ Layouts (kind=None detects them, in this order; each module's essay documents it
     synth      ROOT/manifest.json ("evstream-synth")                        data_stream.py
     evsegnet   ROOT/images/, labels/, events/ (EV-SegNet's DDD17)           data_ddd17.py
     ddd17      ROOT/images/, labels/ (EvDistill's DDD17 AB images)          data_ddd17.py
+    nmnist     ROOT/Train|Test/<digit>/*.bin (N-MNIST, the folder is the split)  data_nmnist.py
     ncaltech   ROOT/N-Caltech101|Caltech101/<class>/*.bin (+ 101_ObjectCategories/)
                                                                             data_ncaltech.py
     dsec       an .h5 file, or folders with events/left/events.h5 (+ DSEC-Semantic labels)
@@ -68,6 +69,7 @@ from evstream.distill.data_base import ALL_PARTS, EvDataset
 from evstream.distill.data_ddd17 import EvDistillDataset, EvSegNetDataset
 from evstream.distill.data_dsec import EVENTS_REL, DsecDataset
 from evstream.distill.data_ncaltech import NCaltechDataset, find_event_root
+from evstream.distill.data_nmnist import NMnistDataset, is_nmnist_root
 from evstream.distill.data_stream import MANIFEST, RecordingDataset, SynthDataset
 from evstream.errors import EvstreamError
 
@@ -80,6 +82,7 @@ KINDS: dict[str, type[EvDataset]] = {
     "ddd17": EvDistillDataset,
     "evsegnet": EvSegNetDataset,
     "ncaltech": NCaltechDataset,
+    "nmnist": NMnistDataset,
     "dsec": DsecDataset,
 }
 
@@ -130,6 +133,8 @@ def detect_kind(root) -> str:
         return "synth"
     if isdir("images") and isdir("labels"):
         return "evsegnet" if isdir("events") else "ddd17"
+    if is_nmnist_root(root):
+        return "nmnist"
     if find_event_root(root) is not None:
         return "ncaltech"
     if _looks_dsec(root):
@@ -137,8 +142,9 @@ def detect_kind(root) -> str:
     if _has_aedat4(root, depth=3):
         return "recording"
     raise EvstreamError(f"{root}: cannot tell the dataset layout (no {MANIFEST}, images/ + "
-                        f"labels/, N-Caltech101 class folders of .bin files, DSEC "
-                        f"{EVENTS_REL} or .h5 files, or .aedat4 recordings); pass kind=")
+                        f"labels/, N-MNIST Train/Test digit folders or N-Caltech101 class "
+                        f"folders of .bin files, DSEC {EVENTS_REL} or .h5 files, or .aedat4 "
+                        f"recordings); pass kind=")
 
 
 def _looks_dsec(root: str) -> bool:

@@ -202,6 +202,36 @@ def test_reconstruction_l1_l2_values():
         reconstruction(pred, target, "l3")
 
 
+def test_reconstruction_balanced_l1_hand_values_and_the_empty_answer():
+    # one sample, 2 channels, 2x2 pixels; only pixel (0, 0) holds events
+    target = torch.zeros(1, 2, 2, 2)
+    target[0, 0, 0, 0] = 1.0
+    zeros = torch.zeros_like(target)
+    # active pixel: mean |0 - (1, 0)| = 0.5; empty pixels: 0 -> 0.5 * 0.5 + 0.5 * 0
+    assert reconstruction(zeros, target, "balanced_l1").item() == pytest.approx(0.25)
+    assert reconstruction(target, target, "balanced_l1").item() == 0.0
+    # plain L1 prefers the empty answer to a blurred one that is right where events are;
+    # balanced L1 does not
+    blur = torch.full_like(target, 0.2)
+    blur[0, 0, 0, 0] = 1.0
+    assert reconstruction(zeros, target, "l1") < reconstruction(blur, target, "l1")
+    assert reconstruction(zeros, target, "balanced_l1") > \
+        reconstruction(blur, target, "balanced_l1")
+    # blur: active pixel error (0 + 0.2) / 2 = 0.1, empty pixels 0.2 -> 0.5 * 0.1 + 0.5 * 0.2
+    assert reconstruction(blur, target, "balanced_l1").item() == pytest.approx(0.15)
+    # the mask drops pixels; a sample without events (or without empty pixels) uses one side
+    mask = torch.tensor([[[True, False], [False, False]]])
+    assert reconstruction(zeros, target, "balanced_l1", mask=mask).item() == pytest.approx(0.5)
+    two = torch.cat([target, zeros])                          # second sample: no events at all
+    pred = torch.cat([zeros, torch.full_like(zeros, 0.1)])
+    assert reconstruction(pred, two, "balanced_l1").item() == pytest.approx((0.25 + 0.1) / 2)
+    g = torch.zeros_like(target, requires_grad=True)
+    reconstruction(g, target, "balanced_l1").backward()
+    assert g.grad[0, 0, 0, 0] < 0                              # pushed towards the event
+    with pytest.raises(ValueError, match="balanced_l1 needs"):
+        reconstruction(torch.zeros(4), torch.zeros(4), "balanced_l1")
+
+
 def test_reconstruction_ssim_on_constant_images():
     # constant images: variances and covariance are 0, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
     a, b = 0.5, -0.5
@@ -329,3 +359,14 @@ def test_one_distillation_step_reduces_the_loss():
         opt.step()
         history.append(logged["total"])
     assert history[-1] < 0.7 * history[0]
+
+
+def test_task_ce_class_weights_hand_example():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 255])
+    ce = [math.log(1 + math.exp(-2.0)), math.log(2.0)]
+    assert task_ce(logits, labels).item() == pytest.approx(sum(ce) / 2, rel=1e-6)
+    got = task_ce(logits, labels, class_weights=[1.0, 3.0]).item()
+    assert got == pytest.approx((ce[0] + 3 * ce[1]) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="class_weights"):
+        task_ce(logits, labels, class_weights=[1.0])

@@ -28,6 +28,9 @@ from evstream.errors import EvstreamError
 HELP = "EvDistill training: teacher on images, distilled event student"
 EXAMPLES = """  evstream train --preset tiny --data data/seg --out runs/tiny
   evstream train --preset realtime --data data/seg --out runs/rt --setting paired
+  evstream train --preset cpu --data data/seg --out runs/u --stage 2 --setting unpaired --teacher T
+  evstream train --preset cpu --data N-MNIST --out runs/nm --setting events_gt --stage 2 \
+      --set data.hflip=false --set data.shift=3 --set data.window_us=400000
   evstream train --preset tiny --data data/seg --out runs/s2 --stage 2 --teacher runs/tiny/teacher
   evstream train --out runs/tiny --resume                      # continue a killed run
   evstream train --preset tiny --data d --out r --set stage2.iterations=50 --set loss.affinity=0
@@ -43,8 +46,10 @@ def configure(p) -> None:
     p.add_argument("--out", metavar="RUN", help="run directory for checkpoints and logs")
     p.add_argument("--stage", choices=C.STAGES, help="1: teacher only, 2: student only, "
                    "all: both (default)")
-    p.add_argument("--setting", choices=C.SETTINGS,
-                   help="paper (unpaired, BMR), paired (released code), events_gt, pseudo_aps")
+    p.add_argument("--setting", choices=C.SETTING_CHOICES,
+                   help="paired (EvDistill on events + APS frames of the same instant, no "
+                   "labels, BMR), unpaired (events + labelled images of other instants, BMR; "
+                   "old name paper), events_gt, pseudo_aps (the two baselines)")
     p.add_argument("--teacher", metavar="CKPT", help="use this trained teacher (skips stage 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN from its last checkpoint (stages already done are kept)")

@@ -4,20 +4,10 @@ One `TrainCfg` object drives a whole run (both stages); it is printed, and saved
 RUN/config.json and RUN/config.toml beside the checkpoints, so that a run can be repeated and
 `--resume` can refuse a changed config instead of silently mixing two.
 
-Settings (`TrainCfg.setting`), i.e. what data the student sees and who supervises it:
-  paper       the EvDistill setting: the teacher learns on labelled images (stage 1); the student
-              learns on UNLABELLED events that are NOT paired with the images (stage 2). The BMR
-              modules craft the pairs: E2A turns the student's event features into an APS-like
-              image that the frozen teacher can read (pixel / affinity KD between
-              teacher(E2A(events)) and student(events)); A2E turns a labelled real image into
-              events, so the student runs on them and is supervised by the labels and by the
-              teacher on the real image; the consistency term makes teacher(E2A(A2E(image)))
-              agree with teacher(image).
-  paired      the authors' released code: paired events / APS frames with labels; the teacher
-              reads the APS frame, KD directly on the pair (+ CE on the labels, + BMR if on).
-  events_gt   baseline: the student trained on events with ground-truth labels (no teacher).
-  pseudo_aps  baseline: the student trained on events with the teacher's argmax labels of the
-              paired APS frame (no ground truth).
+Settings (`TrainCfg.setting`): the table in evstream/distill/settings.py -- paired (EvDistill
+on events and APS frames of the same instant, no labels, BMR), unpaired (events plus labelled
+images of other instants, BMR; old name "paper", still accepted), events_gt and pseudo_aps (the
+two baselines). A setting name is stored in its canonical form.
 
 Presets (`PRESETS`, built by `preset(name)`):
   tiny      tiny backbone on 48x64 inputs (resized from the sensor), 150 + 150 iterations of
@@ -46,9 +36,10 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
+from evstream.distill.settings import CHOICES as SETTING_CHOICES  # noqa: F401
+from evstream.distill.settings import SETTINGS, canonical  # noqa: F401
+from evstream.distill.settings import get as get_setting
 from evstream.errors import EvstreamError
-
-SETTINGS = ("paper", "paired", "events_gt", "pseudo_aps")
 STAGES = ("1", "2", "all")
 
 
@@ -81,16 +72,22 @@ class DataCfg:
     val_split: str = "val"
     num_workers: int = 0               # DataLoader worker processes (0: in the trainer process)
     hflip: bool = True                 # random horizontal flip (decided per global batch slot)
+    shift: int = 0                     # random translation by up to this many pixels (0: off)
 
 
 @dataclass(frozen=True)
 class LossCfg:
     """Weights (0 switches a term off) and switches; the terms are evstream.distill.losses'."""
     ce: float = 10.0                   # cross-entropy with labels (GT, or pseudo for pseudo_aps)
+    teacher_class_weights: list | None = None  # stage 1 CE weight per class (rare classes
+                                       # count more); None = all 1
     recon: float = 10.0                # BMR reconstruction, the two directions below
     recon_e2a: bool = True             #   E2A: (A2E(image) | events) -> student -> E2A ~ image
     recon_a2e: bool = True             #   A2E: image -> A2E ~ events (paper: E2A(events) -> A2E)
-    recon_kind: str = "l1"             # "l1" | "l2" | "l1+ssim" (the SSIM part on images only)
+    recon_kind: str = "l1"             # E2A's image loss: "l1" | "l2" | "l1+ssim"
+    recon_a2e_kind: str = "balanced_l1"  # A2E's event loss: "balanced_l1" (active and empty
+                                       # pixels weigh half each: plain L1 on sparse windows is
+                                       # minimised by an empty output) | "l1" | "l2"
     consistency: float = 10.0          # teacher(E2A(...)) agrees with teacher(real image)
     pixel_kd: float = 20.0             # pixel-wise T^2 KL(teacher || student)
     kd_mode: str = "kl"                # "kl" | "ce" (structured KD's cross-entropy form)
@@ -134,7 +131,7 @@ class StageCfg:
 @dataclass(frozen=True)
 class TrainCfg:
     preset: str = "tiny"
-    setting: str = "paper"
+    setting: str = "unpaired"
     task: str = ""                     # "" = from the dataset ("segmentation"/"classification")
     teacher: ModelCfg = field(default_factory=ModelCfg)
     student: ModelCfg = field(default_factory=ModelCfg)
@@ -326,15 +323,21 @@ def apply_overrides(cfg: TrainCfg, overrides: list[str]) -> TrainCfg:
         for part in path[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and path[-2:-1] in (["extra"], ["representation"]):
-            parent[path[-1]] = parse_value(text)
+            value = parse_value(text)
+            if path[-2:] == ["representation", "name"] and parent.get("name") != value:
+                parent.clear()           # another representation: the old one's parameters
+                                         # (num_bins...) are not its; set them after the name
+            parent[path[-1]] = value
             continue
         _set_path(d, path, parse_value(text), item)
     return from_dict(d)
 
 
 def _validate(cfg: TrainCfg) -> TrainCfg:
-    if cfg.setting not in SETTINGS:
-        raise EvstreamError(f"config setting: {cfg.setting!r} is not one of {', '.join(SETTINGS)}")
+    if not isinstance(cfg.setting, str):
+        raise EvstreamError(f"config setting: {cfg.setting!r} is not a setting name")
+    if canonical(cfg.setting) != cfg.setting:
+        cfg = replace(cfg, setting=canonical(cfg.setting))
     if cfg.stage not in STAGES:
         raise EvstreamError(f"config stage: {cfg.stage!r} is not one of 1, 2, all")
     for name in ("stage1", "stage2"):
@@ -348,11 +351,17 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
                                 f"eval_every >= 0")
         if st.optim.name not in ("sgd", "adam"):
             raise EvstreamError(f"config {name}.optim.name: {st.optim.name!r} is not sgd or adam")
+    tw = cfg.loss.teacher_class_weights
+    if tw is not None and not all(isinstance(v, (int, float)) and v >= 0 for v in tw):
+        raise EvstreamError("config loss.teacher_class_weights: a list of numbers >= 0")
+    if cfg.data.shift < 0:
+        raise EvstreamError("config data.shift: must be >= 0")
     if cfg.loss.temperature <= 0:
         raise EvstreamError("config loss.temperature: must be > 0")
     if not 0 < cfg.loss.affinity_scale <= 1:
         raise EvstreamError("config loss.affinity_scale: must be in (0, 1]")
-    for key, allowed in (("recon_kind", ("l1", "l2", "l1+ssim")), ("kd_mode", ("kl", "ce")),
+    for key, allowed in (("recon_kind", ("l1", "l2", "l1+ssim")),
+                         ("recon_a2e_kind", ("balanced_l1", "l1", "l2")), ("kd_mode", ("kl", "ce")),
                          ("affinity_pool", ("max", "avg")),
                          ("adversarial_kind", ("lsgan", "bce"))):
         if getattr(cfg.loss, key) not in allowed:
@@ -365,9 +374,10 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
         v = getattr(cfg.loss, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise EvstreamError(f"config loss.{key}: must be an integer >= 0 (0: default)")
-    if cfg.setting == "paper" and not cfg.loss.bmr:
-        raise EvstreamError("config: setting paper pairs unpaired events and images through BMR; "
-                            "loss.bmr=false needs setting paired (or events_gt / pseudo_aps)")
+    if get_setting(cfg.setting).bmr == "required" and not cfg.loss.bmr:
+        raise EvstreamError(f"config: setting {cfg.setting} pairs unpaired events and images "
+                            f"through BMR; loss.bmr=false needs setting paired (or events_gt / "
+                            f"pseudo_aps)")
     return cfg
 
 

@@ -51,7 +51,8 @@ affinity_kd    both feature maps are pooled to the same grid of n nodes, each no
 
 reconstruction L1 (default) or L2 between a reconstruction and its target: E2A (student features
                -> APS-like image in [-1, 1]) against the real APS frame, A2E (image -> event
-               representation) against the real events. "l1+ssim" mixes
+               representation) against the real events, by default with "balanced_l1" (pixels
+               with and without events weigh half each; see the function). "l1+ssim" mixes
                ssim_weight * (1 - SSIM) / 2 + (1 - ssim_weight) * L1 (the usual image
                reconstruction mix); SSIM needs the data range (2 for [-1, 1] images), so use it
                for images, not for normalised event tensors.
@@ -124,8 +125,11 @@ def _check_logits(x: torch.Tensor, fn: str) -> None:
 
 
 def task_ce(logits: torch.Tensor, labels: torch.Tensor,
-            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+            ignore_index: int = IGNORE_INDEX, class_weights=None) -> torch.Tensor:
     """Cross-entropy averaged over the labels that are not `ignore_index` (0 if there are none).
+
+    class_weights (K,), optional: each label's term weighs w[label] and the mean is weighted
+    (sum w[y] * ce / sum w[y]), so rare classes (poles, people) count more; None = all 1.
 
     logits (N, K, H, W) with labels (N, H, W), or logits (N, K) with labels (N,). A label that is
     neither in [0, K) nor `ignore_index` raises ValueError (on CUDA it would be a device assert).
@@ -142,6 +146,13 @@ def task_ce(logits: torch.Tensor, labels: torch.Tensor,
     if bool(bad.any()):
         raise ValueError(f"task_ce: label {int(labels[bad][0])} is outside [0, {k}) and is not "
                          f"the ignore index {ignore_index}")
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+        if tuple(w.shape) != (k,):
+            raise ValueError(f"task_ce: class_weights has shape {tuple(w.shape)}, expected ({k},)")
+        per = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+        wl = w[labels.masked_fill(~valid, 0)] * valid
+        return (per * wl).sum() / wl.sum().clamp(min=1e-12)
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     return total / valid.sum().clamp(min=1)
 
@@ -268,12 +279,23 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> t
 
 
 def reconstruction(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", *,
-                   data_range: float = 2.0, ssim_weight: float = 0.85) -> torch.Tensor:
-    """Reconstruction error, mean over all elements: kind "l1" | "l2" | "l1+ssim".
+                   data_range: float = 2.0, ssim_weight: float = 0.85,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reconstruction error: kind "l1" | "l2" | "l1+ssim" (means over all elements) or
+    "balanced_l1".
 
     E2A: pred = E2A(student features) (N, 1, H, W) in [-1, 1], target = the APS frame.
-    A2E: pred = A2E(image) (N, C, H, W), target = the event representation ("l1" / "l2").
+    A2E: pred = A2E(image) (N, C, H, W), target = the event representation.
     The target is used as given (real data has no gradient to stop).
+
+    balanced_l1 (for sparse event targets): a pixel is active when any channel of the target is
+    non-zero there; the loss is the mean |pred - target| over the active pixels' elements plus
+    the mean over the empty pixels' elements, half each (all of it on one side when the other
+    is empty), per sample, then averaged over the batch (so DDP ranks' means average to the
+    whole batch's). Plain L1 on a window where 2 % of the pixels hold events is minimised, to within
+    2 % of the target's magnitude, by an all-zero output: A2E learnt exactly that. Here the
+    all-zero output costs half the mean active magnitude. `mask` (N, H, W) bool, optional:
+    only these pixels count (e.g. not the geometry's padding).
     """
     _check_same(pred, target, "reconstruction", "pred/target")
     diff = pred.float() - target.float()
@@ -281,12 +303,30 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", *
         return diff.abs().mean()
     if kind == "l2":
         return diff.pow(2).mean()
+    if kind == "balanced_l1":
+        if diff.dim() != 4:
+            raise ValueError(f"reconstruction: balanced_l1 needs (N, C, H, W), got "
+                             f"{tuple(diff.shape)}")
+        err = diff.abs().mean(dim=1)                        # (N, H, W): per pixel
+        active = target.detach().ne(0).any(dim=1)
+        valid = torch.ones_like(active) if mask is None else mask.to(active.device).bool()
+        if tuple(valid.shape) != tuple(active.shape):
+            raise ValueError(f"reconstruction: mask shape {tuple(valid.shape)} does not match "
+                             f"the per-pixel shape {tuple(active.shape)}")
+        on, off = active & valid, ~active & valid
+        n_on, n_off = on.sum(dim=(1, 2)), off.sum(dim=(1, 2))          # per sample
+        mean_on = (err * on).sum(dim=(1, 2)) / n_on.clamp(min=1)
+        mean_off = (err * off).sum(dim=(1, 2)) / n_off.clamp(min=1)
+        half = torch.full_like(mean_on, 0.5)
+        w_on = torch.where(n_off > 0, torch.where(n_on > 0, half, 0.0 * half), 1.0 + 0.0 * half)
+        return (w_on * mean_on + (1 - w_on) * mean_off).mean()
     if kind == "l1+ssim":
         if not 0 <= ssim_weight <= 1:
             raise ValueError(f"reconstruction: ssim_weight must be in [0, 1], got {ssim_weight}")
         dssim = (1 - ssim(pred, target, data_range)) / 2
         return ssim_weight * dssim + (1 - ssim_weight) * diff.abs().mean()
-    raise ValueError(f"reconstruction: kind must be 'l1', 'l2' or 'l1+ssim', got {kind!r}")
+    raise ValueError(f"reconstruction: kind must be 'l1', 'l2', 'l1+ssim' or 'balanced_l1', "
+                     f"got {kind!r}")
 
 
 def consistency(teacher_logits_on_recon: torch.Tensor, teacher_logits_on_real: torch.Tensor,

@@ -15,22 +15,30 @@ Batch (already on the device, augmented by the trainer):
 
 Models (`models` dict): "student", "teacher" (frozen), "e2a", "a2e", "disc" (absent when unused).
 
-Stage 1 (`teacher_step`): teacher(image) -> CE with the labels. Stage 2 (`distill_step`), by
-setting (see config.py for the story):
-  paper       unpaired: events (no labels) + a labelled image of another instant.
-                s = student(events); x = E2A(s) ~ APS; t_x = teacher(x) (no grad: a target)
-                pixel_kd/events = KD(s, t_x); affinity/events = aff(s.feat, t_x.feat)
-                e = A2E(image); s_e = student(e); t = teacher(image) (no grad)
-                ce = CE(s_e, label); pixel_kd/images = KD(s_e, t); affinity/images = aff(s_e, t)
-                recon/e2a = |E2A(s_e) - image|      (image -> events -> image cycle)
-                recon/a2e = |A2E(x) - events|       (events -> image -> events cycle)
-                consistency = KL(teacher(E2A(s_e)) || t)  (gradient through the frozen teacher)
-  paired      events, image and label of one instant. s = student(events), t = teacher(image)
-                ce = CE(s, label); pixel_kd = KD(s, t); affinity = aff(s.feat, t.feat)
-                with BMR: recon/e2a = |E2A(s) - image|, recon/a2e = |A2E(image) - events|,
-                consistency = KL(teacher(E2A(s)) || t)
-  events_gt   ce = CE(student(events), label)
-  pseudo_aps  ce = CE(student(events), argmax teacher(image)) (padding ignored)
+Stage 1 (`teacher_step`): teacher(image) -> CE with the labels. Stage 2: one step function per
+setting (the table in settings.py names it; `distill_step` dispatches):
+  paired_step      events and the APS frame of one instant, no labels.
+                     s = student(events); t = teacher(frame)  (no grad: a target)
+                     pixel_kd/frame = KD(s, t); affinity/frame = aff(s.feat, t.feat)
+                   with BMR (loss.bmr):
+                     x = E2A(s) ~ frame:  recon/e2a = |x - frame|
+                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x),
+                                                 affinity/recon = aff(s.feat, t_x.feat)
+                     e = A2E(frame) ~ events: recon/a2e = balanced |e - events|
+                     s_e = student(e):  pixel_kd/a2e = KD(s_e, t), affinity/a2e = aff(s_e, t)
+                     consistency = KL(teacher(x) || t)  (gradient through the frozen teacher)
+  unpaired_step    events (no labels) + a labelled image of another instant.
+                     s = student(events); x = E2A(s) ~ APS; t_x = teacher(x) (no grad)
+                     pixel_kd/events = KD(s, t_x); affinity/events = aff(s.feat, t_x.feat)
+                     e = A2E(image); s_e = student(e); t = teacher(image) (no grad)
+                     ce = CE(s_e, label); pixel_kd/images = KD(s_e, t); affinity/images = ...
+                     recon/e2a = |E2A(s_e) - image|      (image -> events -> image cycle)
+                     recon/a2e = balanced |A2E(x) - events|   (events -> image -> events)
+                     consistency = KL(teacher(E2A(s_e)) || t)
+  events_gt_step   ce = CE(student(events), label)
+  pseudo_aps_step  ce = CE(student(events), argmax teacher(image)) (padding ignored)
+"balanced" is losses.reconstruction's "balanced_l1" (loss.recon_a2e_kind): pixels with and
+without events weigh half each, so an empty output is no longer A2E's cheapest answer.
 Optional adversarial (loss.adversarial > 0): a discriminator tells softmax(teacher) from
 softmax(student) outputs; "adversarial" is the student's term, "discriminator" D's.
 
@@ -46,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evstream.distill import losses as L
+from evstream.distill import settings as S
 from evstream.distill.config import TrainCfg
 from evstream.nn.registry import build_model
 
@@ -60,20 +69,20 @@ def loss_weights(cfg: TrainCfg) -> L.LossWeights:
 
 
 def needs_teacher(cfg: TrainCfg) -> bool:
-    return cfg.setting != "events_gt"
+    return S.get(cfg.setting).teacher
 
 
 def stage2_modules(cfg: TrainCfg) -> set[str]:
     """Which modules stage 2 of this config trains or uses besides the student."""
+    setting = S.get(cfg.setting)
     names = set()
-    if needs_teacher(cfg):
+    if setting.teacher:
         names.add("teacher")
-    bmr = cfg.loss.bmr and cfg.setting in ("paper", "paired")
-    if bmr:
+    if S.uses_bmr(cfg.setting, cfg.loss.bmr):
         names.add("e2a")
-        if cfg.setting == "paper" or (cfg.loss.recon_a2e and cfg.loss.recon > 0):
+        if setting.bmr == "required" or (cfg.loss.recon_a2e and cfg.loss.recon > 0):
             names.add("a2e")
-    if cfg.loss.adversarial > 0 and cfg.setting in ("paper", "paired"):
+    if cfg.loss.adversarial > 0 and setting.bmr != "none":
         names.add("disc")
     return names
 
@@ -159,7 +168,7 @@ class TaskModule(nn.Module):
 def teacher_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     """Stage 1: the teacher learns on labelled images."""
     logits = models["teacher"](batch["image"])
-    return {"ce": L.task_ce(logits, batch["label"])}
+    return {"ce": L.task_ce(logits, batch["label"], class_weights=cfg.loss.teacher_class_weights)}
 
 
 def _kd(s: dict, t: dict, cfg: TrainCfg, mask) -> torch.Tensor:
@@ -180,11 +189,10 @@ def _e2a(models: dict, s: dict, size) -> torch.Tensor:
                          size=tuple(size))
 
 
-def _recon(pred, target, cfg: TrainCfg, image: bool) -> torch.Tensor:
-    kind = cfg.loss.recon_kind
-    if kind == "l1+ssim" and not image:
-        kind = "l1"                  # SSIM needs a data range: images only
-    return L.reconstruction(pred, target, kind)
+def _recon(pred, target, cfg: TrainCfg, image: bool, mask=None) -> torch.Tensor:
+    if image:
+        return L.reconstruction(pred, target, cfg.loss.recon_kind)
+    return L.reconstruction(pred, target, cfg.loss.recon_a2e_kind, mask=mask)
 
 
 def _adversarial(terms: dict, models: dict, s_logits, t_logits, cfg: TrainCfg) -> None:
@@ -209,50 +217,57 @@ def _kd_terms(terms: dict, s: dict, t: dict, cfg: TrainCfg, mask, suffix: str = 
         terms["affinity" + suffix] = _aff(s["feat"], t["feat"], cfg)
 
 
-def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
-    """Stage 2 loss terms for cfg.setting (see the module doc). Unweighted scalar tensors."""
-    setting, w = cfg.setting, cfg.loss
-    teacher = models.get("teacher")
-    student = models["student"]
-    events = batch["events"]
+def events_gt_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
+    return {"ce": L.task_ce(models["student"](batch["events"]), batch["label"])}
+
+
+def pseudo_aps_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     mask = batch.get("valid")
-    terms: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        pseudo = models["teacher"](batch["image"]).argmax(dim=1)
+    if mask is not None:
+        pseudo = pseudo.masked_fill(~mask, IGNORE)
+    return {"ce": L.task_ce(models["student"](batch["events"]), pseudo)}
 
-    if setting == "events_gt":
-        terms["ce"] = L.task_ce(student(events), batch["label"])
-        return terms
 
-    if setting == "pseudo_aps":
-        with torch.no_grad():
-            pseudo = teacher(batch["image"]).argmax(dim=1)
-        if mask is not None:
-            pseudo = pseudo.masked_fill(~mask, IGNORE)
-        terms["ce"] = L.task_ce(student(events), pseudo)
-        return terms
-
-    image = batch["image"]
+def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
+    """EvDistill on events and the APS frame of the same instant (no labels)."""
+    w = cfg.loss
+    teacher, student = models["teacher"], models["student"]
+    events, image, mask = batch["events"], batch["image"], batch.get("valid")
     size = image.shape[2:]
-    if setting == "paired":
-        s = student.forward_features(events)
+    terms: dict[str, torch.Tensor] = {}
+    s = student.forward_features(events)
+    with torch.no_grad():
+        t = teacher.forward_features(image)
+    bmr = "e2a" in models
+    _kd_terms(terms, s, t, cfg, mask, "/frame" if bmr else "")
+    if bmr:
+        x = _e2a(models, s, size)
+        if _use(w.recon) and w.recon_e2a:
+            terms["recon/e2a"] = _recon(x, image, cfg, image=True)
         with torch.no_grad():
-            t = teacher.forward_features(image)
-        if _use(w.ce):
-            terms["ce"] = L.task_ce(s["logits"], batch["label"])
-        _kd_terms(terms, s, t, cfg, mask)
-        if "e2a" in models:
-            x = _e2a(models, s, size)
-            if _use(w.recon) and w.recon_e2a:
-                terms["recon/e2a"] = _recon(x, image, cfg, image=True)
-            if _use(w.recon) and w.recon_a2e and "a2e" in models:
-                terms["recon/a2e"] = _recon(models["a2e"](image), events, cfg, image=False)
-            if _use(w.consistency):
-                terms["consistency"] = L.consistency(teacher(x), t["logits"],
-                                                     T=w.temperature, mask=mask)
-        _adversarial(terms, models, s["logits"], t["logits"], cfg)
-        return terms
+            t_x = teacher.forward_features(x)
+        _kd_terms(terms, s, t_x, cfg, mask, "/recon")
+        if "a2e" in models:
+            e = models["a2e"](image)
+            if _use(w.recon) and w.recon_a2e:
+                terms["recon/a2e"] = _recon(e, events, cfg, image=False, mask=mask)
+            _kd_terms(terms, student.forward_features(e), t, cfg, mask, "/a2e")
+        if _use(w.consistency):
+            terms["consistency"] = L.consistency(teacher(x), t["logits"], T=w.temperature,
+                                                 mask=mask)
+    _adversarial(terms, models, s["logits"], t["logits"], cfg)
+    return terms
 
-    if setting != "paper":
-        raise ValueError(f"distill_step: unknown setting {setting!r}")
+
+def unpaired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
+    """EvDistill on unlabelled events and labelled images of other instants (BMR pairs them)."""
+    w = cfg.loss
+    teacher, student = models["teacher"], models["student"]
+    events, image, mask = batch["events"], batch["image"], batch.get("valid")
+    size = image.shape[2:]
+    terms: dict[str, torch.Tensor] = {}
 
     # events side: the student on real (unlabelled) events, the teacher on E2A's picture of them
     s = student.forward_features(events)
@@ -275,9 +290,18 @@ def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Te
     if _use(w.recon) and w.recon_e2a:
         terms["recon/e2a"] = _recon(x_cyc, image, cfg, image=True)
     if _use(w.recon) and w.recon_a2e:
-        terms["recon/a2e"] = _recon(models["a2e"](x), events, cfg, image=False)
+        terms["recon/a2e"] = _recon(models["a2e"](x), events, cfg, image=False, mask=mask)
     if _use(w.consistency):
         terms["consistency"] = L.consistency(teacher(x_cyc), t["logits"], T=w.temperature,
                                              mask=mask)
     _adversarial(terms, models, s["logits"], t["logits"], cfg)
     return terms
+
+
+STEPS = {"paired_step": paired_step, "unpaired_step": unpaired_step,
+         "events_gt_step": events_gt_step, "pseudo_aps_step": pseudo_aps_step}
+
+
+def distill_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
+    """Stage 2 loss terms for cfg.setting (see the module doc). Unweighted scalar tensors."""
+    return STEPS[S.get(cfg.setting).step](batch, models, cfg)

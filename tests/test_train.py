@@ -24,7 +24,8 @@ import torch
 
 from conftest import ROOT, run_cli, run_evstream
 from evstream.distill import config as C
-from evstream.distill.task import TaskModule, build_bmr, distill_step, loss_weights
+from evstream.distill.task import (STEPS, TaskModule, build_bmr, distill_step, loss_weights,
+                                   needs_teacher, stage2_modules)
 from evstream.distill.train import COLUMNS, WarmupPoly
 from evstream.distill import losses as L
 from evstream.errors import EvstreamError
@@ -135,7 +136,7 @@ def synth(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(synth, tmp_path_factory):
-    """One finished tiny run (both stages, paper setting): (run dir, --json summary)."""
+    """One finished tiny run (both stages, unpaired setting): (run dir, --json summary)."""
     run = tmp_path_factory.mktemp("run") / "tiny"
     torch.set_num_threads(1)
     from evstream.cli import main
@@ -182,7 +183,7 @@ def test_overrides_types_and_errors():
     assert cfg.student.extra == {"head_channels": 8}
     for bad, words in [("nope=1", "unknown key nope"), ("stage2.iterations=x", "not of type int"),
                        ("stage2.batch_size=0", "batch_size"), ("loss.bmr=false", "needs setting"),
-                       ("setting=magic", "paper, paired"), ("novalue", "key.path=value"),
+                       ("setting=magic", "paired, unpaired"), ("novalue", "key.path=value"),
                        ("loss.a2e_width=-1", "a2e_width")]:
         with pytest.raises(EvstreamError, match=words):
             C.apply_overrides(C.preset("tiny"), [bad])
@@ -234,7 +235,7 @@ def _batch(n=4, seed=0):
             "valid": torch.ones(n, 32, 48, dtype=torch.bool)}
 
 
-@pytest.mark.parametrize("setting", ["paper", "paired"])
+@pytest.mark.parametrize("setting", ["unpaired", "paired"])
 def test_teacher_frozen_gradients_reach_student_and_bmr_only(setting):
     cfg = C.with_changes(C.preset("tiny"), setting=setting)
     models = _tiny_models()
@@ -258,7 +259,7 @@ def test_teacher_frozen_gradients_reach_student_and_bmr_only(setting):
     assert all(torch.equal(before[k], after[k]) for k in before)   # BN stats untouched too
 
 
-@pytest.mark.parametrize("setting", ["paper", "paired", "events_gt", "pseudo_aps"])
+@pytest.mark.parametrize("setting", ["unpaired", "paired", "events_gt", "pseudo_aps"])
 def test_losses_decrease_over_a_few_steps(setting):
     cfg = C.with_changes(C.preset("tiny"), setting=setting)
     task = TaskModule(_tiny_models(), cfg, stage=2).train()
@@ -274,17 +275,17 @@ def test_losses_decrease_over_a_few_steps(setting):
 
 
 def test_kd_terms_vanish_when_student_is_the_teacher():
-    cfg = C.with_changes(C.preset("tiny"), setting="paired")
-    models = _tiny_models(event_channels=1)
+    cfg = C.apply_overrides(C.preset("tiny"), ["setting=paired", "loss.bmr=false"])
+    models = _tiny_models(event_channels=1, bmr=())
     models["student"].load_state_dict(models["teacher"].state_dict())
     task = TaskModule(models, cfg, stage=2).eval()
     b = _batch()
     b["events"] = b["image"]
     with torch.no_grad():
         terms = distill_step(b, dict(task.models.items()), cfg)
+    assert set(terms) == {"pixel_kd", "affinity"}         # paired: no labels reach the student
     assert float(terms["pixel_kd"]) == pytest.approx(0, abs=1e-6)
     assert float(terms["affinity"]) == pytest.approx(0, abs=1e-6)
-    assert float(terms["ce"]) > 0.1
 
 
 # -- the trainer through the CLI ----------------------------------------------------------------
@@ -355,7 +356,8 @@ def test_stage2_settings_with_given_teacher(trained, synth, tmp_path, capsys, se
     rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     terms = set(rows[0]) - {"stage", "iteration", "epoch", "lr", "loss", "samples_per_s",
                             "time_s"}
-    paired = {"ce", "pixel_kd", "affinity", "recon/e2a", "recon/a2e", "consistency"}
+    paired = {f"{kd}/{side}" for kd in ("pixel_kd", "affinity") for side in ("frame", "recon", "a2e")}
+    paired |= {"recon/e2a", "recon/a2e", "consistency"}
     want = {"paired": paired, "paired+adversarial": paired | {"adversarial", "discriminator"},
             "events_gt": {"ce"}, "pseudo_aps": {"ce"}}[setting]
     assert terms == want
@@ -518,3 +520,93 @@ def test_ddp_two_cpu_ranks_match_one_process(synth, tmp_path, capsys):
         losses.append([r["loss"] for r in rows if "loss" in r])
     assert len(losses[0]) == 2
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+# -- settings table, augmentation ------------------------------------------------------------------
+
+def test_settings_table_and_the_paper_alias(tmp_path):
+    from evstream.distill import settings as S
+
+    assert set(S.SETTINGS) == {"paired", "unpaired", "events_gt", "pseudo_aps"}
+    cfg = C.with_changes(C.preset("tiny"), setting="paper")
+    assert cfg.setting == "unpaired"                        # stored in its canonical form
+    assert C.from_dict({"setting": "paper"}).setting == "unpaired"
+    for name, s in S.SETTINGS_TABLE.items():
+        assert s.step in STEPS, name
+        assert needs_teacher(C.with_changes(C.preset("tiny"), setting=name)) == s.teacher
+    # neither baseline nor paired reads a label; unpaired needs BMR, paired may drop it
+    assert "label" not in S.get("paired").parts and "label" not in S.get("pseudo_aps").parts
+    assert stage2_modules(C.apply_overrides(C.preset("tiny"), ["setting=paired", "loss.bmr=false"])
+                          ) == {"teacher"}
+    with pytest.raises(EvstreamError, match="setting unpaired pairs"):
+        C.apply_overrides(C.preset("tiny"), ["setting=unpaired", "loss.bmr=false"])
+    # an old run directory saved with "paper" still resumes
+    from evstream.distill.train import _check_run_dir
+
+    old = C.with_changes(C.preset("tiny"), out=str(tmp_path)).as_dict()
+    old["setting"] = "paper"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _check_run_dir(C.with_changes(C.preset("tiny"), out=str(tmp_path), setting="paper"),
+                   tmp_path, resume=True)
+
+
+def test_stage2_reads_only_what_its_setting_names(synth):
+    from evstream.distill.stage import open_split, stage_dataset
+
+    for name, parts in [("paired", {"events", "image"}), ("events_gt", {"events", "label"}),
+                        ("pseudo_aps", {"events", "image"})]:
+        cfg = C.with_changes(C.preset("tiny"), setting=name, data=C.DataCfg(root=str(synth),
+                                                                            resize=[48, 64]))
+        ds = stage_dataset(cfg, 2, open_split(cfg, "train"))
+        assert set(ds[0]) - {"meta"} == parts, name
+
+
+def test_paired_step_terms_with_and_without_bmr():
+    cfg = C.with_changes(C.preset("tiny"), setting="paired")
+    task = TaskModule(_tiny_models(), cfg, stage=2).train()
+    batch = _batch()
+    del batch["label"]                                       # paired never needs a label
+    terms = task(batch)
+    assert set(terms) == {f"{k}/{side}" for k in ("pixel_kd", "affinity")
+                          for side in ("frame", "recon", "a2e")} | \
+        {"recon/e2a", "recon/a2e", "consistency"}
+    cfg = C.apply_overrides(cfg, ["loss.bmr=false", "loss.affinity=0"])
+    terms = TaskModule(_tiny_models(bmr=()), cfg, stage=2).train()(batch)
+    assert set(terms) == {"pixel_kd"}
+
+
+def test_augment_shift_and_flip_are_per_global_slot():
+    from evstream.distill.augment import _shifted, augment
+
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    y = _shifted(x, 1, -1, 3, 4, 0)                       # down 1, left 1, zeros moved in
+    assert y.tolist() == [[[0, 0, 0, 0], [1, 2, 3, 0], [5, 6, 7, 0]]]
+    assert x[0, 0, 0] == 0 and x[0, 2, 3] == 11            # input untouched
+    lab = _shifted(torch.zeros(3, 4, dtype=torch.long), -1, 2, 2, 3, 255)
+    assert lab.tolist() == [[255, 255, 0, 0], [255, 255, 255, 0], [0, 0, 0, 0]]
+
+    g = torch.Generator().manual_seed(0)
+    ev = torch.rand(4, 2, 10, 12, generator=g)
+    lab = torch.randint(0, 3, (4, 10, 12), generator=g)
+    valid = torch.zeros(4, 10, 12, dtype=torch.bool)
+    valid[:, :8, :11] = True
+    batch = {"events": ev, "label": lab, "valid": valid}
+
+    def run(slots, rows):
+        b = {k: v[rows] for k, v in batch.items()}
+        return augment(b, content_hw=(8, 11), hflip=True, shift=2,
+                       generator=torch.Generator().manual_seed(5), slots=torch.tensor(slots),
+                       global_batch=4, segmentation=True)
+
+    one = run([0, 1, 2, 3], [0, 1, 2, 3])
+    r0, r1 = run([0, 2], [0, 2]), run([1, 3], [1, 3])       # two DDP ranks, batch 2 each
+    for k in batch:
+        assert torch.equal(one[k][[0, 2]], r0[k]) and torch.equal(one[k][[1, 3]], r1[k])
+        assert torch.equal(batch[k], {"events": ev, "label": lab, "valid": valid}[k])
+    assert not torch.equal(one["events"], ev)
+    # padding stays untouched, and ignore labels sit exactly where the picture has no content
+    assert (one["events"][:, :, 8:, :] == ev[:, :, 8:, :]).all()
+    assert ((one["label"] == 255) == (one["valid"].logical_not() & valid)).all()
+    none = augment(batch, content_hw=(8, 11), hflip=False, shift=0, generator=g,
+                   slots=torch.arange(4), global_batch=4, segmentation=True)
+    assert all(none[k] is batch[k] for k in batch)

@@ -27,18 +27,22 @@ def recipe_words(run: str) -> str:
     """How the run's student was trained, in words, from its config.json."""
     cfg = json.loads((Path(run) / "config.json").read_text())
     setting, loss = cfg["setting"], cfg["loss"]
-    if setting == "paper":
-        return ("distilled with EvDistill (paper setting: unpaired events without labels; BMR, "
-                "pixel-wise and affinity KD; the student never sees event labels)")
-    if setting == "paired" and not loss["bmr"] and loss["ce"] == 0:
-        return ("distilled with EvDistill's paired KD (pixel-wise and affinity KD from the "
-                "teacher's output on the APS frame of the same instant; no BMR, no labels: "
-                "the student never sees a label)")
+    teacher = ", from a teacher trained on labelled APS frames"
+    if setting in ("paper", "unpaired"):
+        return ("distilled with EvDistill, unpaired setting (events without labels and labelled "
+                "images of other instants; BMR, pixel-wise and affinity KD; the student never "
+                "sees an event label)" + teacher)
+    if setting == "paired" and not loss["bmr"]:
+        return ("distilled with EvDistill's paired KD without BMR (pixel-wise and affinity KD "
+                "from the teacher's output on the APS frame of the same instant; no labels: "
+                "the student never sees a label)" + teacher)
     if setting == "paired":
-        return "distilled with EvDistill, paired setting (KD on paired frames, labels and BMR)"
+        return ("distilled with EvDistill, paired setting (events and APS frames of the same "
+                "instant, no labels; BMR: the teacher distils on the real frame and on E2A's "
+                "reconstruction, pixel-wise distribution matching and affinity KD)" + teacher)
     if setting == "pseudo_aps":
-        return "trained on the teacher's pseudo-labels from the paired APS frames"
-    return "trained on events with ground-truth labels (no distillation)"
+        return "trained on the teacher's pseudo-labels from the paired APS frames" + teacher
+    return "trained on events with ground-truth labels (no teacher, no distillation)"
 
 
 def main(argv=None) -> int:
@@ -53,6 +57,15 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=float, default=0.05)
     ap.add_argument("--train-command", required=True)
     ap.add_argument("--notes", default="", help="markdown appended to the card")
+    ap.add_argument("--real-data", default="", help="the CI check runs on real recordings: their "
+                    "folder relative to ../shared/realdata (e.g. nmnist_real), not on --ci-"
+                    "dataset-command's synthetic set")
+    ap.add_argument("--sensor", default="", help="WxH of the sensor (default: 346x260 for "
+                    "segmentation, 128x128 for classification)")
+    ap.add_argument("--eval-split", default="test", help="the split --eval was run on")
+    ap.add_argument("--ci-split", default="test", help="the split of the CI set to evaluate")
+    ap.add_argument("--limitations", default="", help="markdown replacing the default "
+                    "limitations (which describe the procedural worlds)")
     args = ap.parse_args(argv)
 
     from evstream.nn.checkpoint import load_checkpoint, save_checkpoint
@@ -71,16 +84,21 @@ def main(argv=None) -> int:
     key = "miou" if seg else "top1"
     headline = {"miou": ev["miou"], "pixel_acc": ev["pixel_acc"]} if seg else \
         {"top1": ev["top1"], "top5": ev["top5"]}
-    cfg["metrics"] = dict(headline, split="test")
+    cfg["metrics"] = dict(headline, split=args.eval_split)
     save_checkpoint(out / "model.pt", ckpt["state_dict"], cfg, ckpt.get("extra"))
     h, w = ev.get("sensor_hw", [260, 346] if seg else [128, 128])
+    if args.sensor:
+        w, h = (int(v) for v in args.sensor.lower().split("x"))
     metrics = {**headline, "per_class": ev.get("per_class"), "conditions": ev.get("conditions"),
-               "samples": ev.get("samples"), "split": "test",
+               "samples": ev.get("samples"), "split": args.eval_split,
                "dataset_command": args.dataset_command, "seed": args.seed,
                "train_command": args.train_command,
                "sensor": {"width": w, "height": h},
                "ci_check": {key: ci[key], "margin": args.margin,
-                            "dataset_command": args.ci_dataset_command}}
+                            "dataset_command": args.ci_dataset_command,
+                            "split": args.ci_split}}
+    if args.real_data:
+        metrics["ci_check"]["real_data"] = args.real_data
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     rep, win, inp = cfg["representation"], cfg["window"], cfg["input"]
@@ -88,8 +106,8 @@ def main(argv=None) -> int:
     params = sum(v.numel() for v in ckpt["state_dict"].values() if v.dtype.is_floating_point)
     lines = [f"# {args.name}", "",
              f"Event-only {cfg['task']} student ({cfg['arch']}, backbone {cfg['backbone']}, "
-             f"{params / 1e6:.2f} M parameters, {size_mb:.1f} MB), {recipe_words(args.run)}, "
-             "from a teacher trained on labelled APS frames.", "",
+             f"{params / 1e6:.2f} M parameters, {size_mb:.1f} MB), {recipe_words(args.run)}.",
+             "",
              "## Intended use", "",
              f"- Sensor: {w}x{h}{' (DAVIS346 geometry)' if (w, h) == (346, 260) else ''}; "
              + (f"input to the network: resized to {inp['resize']}, " if inp.get("resize") else
@@ -99,7 +117,7 @@ def main(argv=None) -> int:
              f"- Representation: {rep['name']}, {rep.get('num_bins')} bins, normalize "
              f"{rep.get('normalize')}; windows of {win.get('window_us', 0) / 1000:.0f} ms.",
              f"- Classes: {', '.join(cfg['classes'])}.", "",
-             "## Metrics (test split, `evstream eval`)", "",
+             f"## Metrics ({args.eval_split} split, `evstream eval`)", "",
              "| metric | value |", "|---|---:|"]
     for k, v in headline.items():
         lines.append(f"| {k} | {100 * v:.1f} |")
@@ -115,9 +133,11 @@ def main(argv=None) -> int:
     lines += ["", f"CI check (tests/test_models.py): {key} {100 * ci[key]:.1f} on a fresh held-out "
               f"set (`{args.ci_dataset_command}`), must stay above {100 * (ci[key] - args.margin):.1f}.",
               "", "## Data and recipe", "",
-              f"- Dataset: `{args.dataset_command}` (procedural, see evstream/sim).",
+              f"- Dataset: `{args.dataset_command}`"
+              + (" (real recordings)." if args.real_data else " (procedural, see evstream/sim)."),
               f"- Training: `{args.train_command}` (full commands in `recipe.sh`).", "",
-              "## Limitations", "",
+              "## Limitations", ""]
+    lines += [args.limitations, ""] if args.limitations else [
               "- Trained only on evstream's procedural driving/object worlds, on a 2-core CPU in "
               "minutes: it shows the pipeline and the method working, not state-of-the-art "
               "accuracy on real DDD17/DSEC data. Fine-tune or distil your own teacher on real "

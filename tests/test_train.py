@@ -610,3 +610,21 @@ def test_augment_shift_and_flip_are_per_global_slot():
     none = augment(batch, content_hw=(8, 11), hflip=False, shift=0, generator=g,
                    slots=torch.arange(4), global_batch=4, segmentation=True)
     assert all(none[k] is batch[k] for k in batch)
+
+
+def test_paired_leaves_the_frames_clipped_pixels_to_the_reconstruction():
+    from evstream.distill.losses import unclipped
+
+    img = torch.tensor([[[[-1.0, -0.98, 0.0], [0.995, 1.0, 0.5]]]])     # -0.98: 2.5 DN
+    assert unclipped(img).tolist() == [[[False, True, True], [False, False, True]]]
+    cfg = C.with_changes(C.preset("tiny"), setting="paired")
+    batch = _batch()
+    batch["image"] = torch.where(batch["image"] > 0, 1.0, -1.0)    # every pixel clipped
+    torch.manual_seed(0)
+    terms = TaskModule(_tiny_models(), cfg, stage=2).train()(batch)
+    for k in ("pixel_kd/frame", "pixel_kd/a2e", "recon/e2a", "consistency"):
+        assert float(terms[k]) == 0.0, k              # nothing measured: no target there
+    assert float(terms["pixel_kd/recon"]) > 0 and float(terms["recon/a2e"]) > 0
+    off = C.apply_overrides(cfg, ["loss.frame_clip_mask=false"])
+    terms = TaskModule(_tiny_models(), off, stage=2).train()(batch)
+    assert all(float(terms[k]) > 0 for k in ("pixel_kd/frame", "recon/e2a", "consistency"))

@@ -98,6 +98,10 @@ class LossCfg:
     adversarial: float = 0.0           # output-space adversarial term (off by default)
     adversarial_kind: str = "lsgan"    # "lsgan" | "bce"
     bmr: bool = True                   # E2A/A2E modules at all (ablation: False)
+    frame_clip_mask: bool = True       # paired: the APS frame's clipped pixels (black or white
+                                       # limit: no measurement) are left out of the terms whose
+                                       # target is the real frame or the teacher's output on it;
+                                       # E2A's reconstruction and the teacher on it cover them
     e2a_width: int = 0                 # E2A channels (0: 64, or 16 with a "tiny" student)
     a2e_width: int = 0                 # A2E U-Net base channels (0: 32, or 8 with "tiny"); its
                                        # full-resolution convs are most of stage 2's compute

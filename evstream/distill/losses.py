@@ -295,14 +295,18 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", *
     whole batch's). Plain L1 on a window where 2 % of the pixels hold events is minimised, to within
     2 % of the target's magnitude, by an all-zero output: A2E learnt exactly that. Here the
     all-zero output costs half the mean active magnitude. `mask` (N, H, W) bool, optional:
-    only these pixels count (e.g. not the geometry's padding).
+    only these pixels count (e.g. not the geometry's padding, not a frame's clipped pixels), for
+    l1 and l2 as well (their mean over the channels, then over the masked pixels).
     """
     _check_same(pred, target, "reconstruction", "pred/target")
     diff = pred.float() - target.float()
-    if kind == "l1":
-        return diff.abs().mean()
-    if kind == "l2":
-        return diff.pow(2).mean()
+    if kind in ("l1", "l2"):
+        err = diff.abs() if kind == "l1" else diff.pow(2)
+        if mask is None:
+            return err.mean()
+        if err.dim() != 4:
+            raise ValueError(f"reconstruction: a mask needs (N, C, H, W), got {tuple(err.shape)}")
+        return _zero_safe_mean(err.mean(dim=1), mask, "reconstruction")
     if kind == "balanced_l1":
         if diff.dim() != 4:
             raise ValueError(f"reconstruction: balanced_l1 needs (N, C, H, W), got "
@@ -327,6 +331,15 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", *
         return ssim_weight * dssim + (1 - ssim_weight) * diff.abs().mean()
     raise ValueError(f"reconstruction: kind must be 'l1', 'l2', 'l1+ssim' or 'balanced_l1', "
                      f"got {kind!r}")
+
+
+def unclipped(image: torch.Tensor, tol: float = 1.5 / 127.5) -> torch.Tensor:
+    """(N, 1, H, W) APS frame in [-1, 1] -> (N, H, W) bool: the pixels that hold a measurement,
+    i.e. not at the sensor's black or white limit (8-bit 0 or 255, within `tol`). A clipped pixel
+    says only "darker than" or "brighter than": neither a KD target nor a reconstruction target."""
+    if image.dim() != 4 or image.shape[1] != 1:
+        raise ValueError(f"unclipped: expected an (N, 1, H, W) frame, got {tuple(image.shape)}")
+    return image[:, 0].abs() < 1.0 - tol
 
 
 def consistency(teacher_logits_on_recon: torch.Tensor, teacher_logits_on_real: torch.Tensor,

@@ -17,16 +17,21 @@ Models (`models` dict): "student", "teacher" (frozen), "e2a", "a2e", "disc" (abs
 
 Stage 1 (`teacher_step`): teacher(image) -> CE with the labels. Stage 2: one step function per
 setting (the table in settings.py names it; `distill_step` dispatches):
-  paired_step      events and the APS frame of one instant, no labels.
+  paired_step      events and the APS frame of one instant, no labels. M = the frame's
+                   unclipped pixels (loss.frame_clip_mask; all valid pixels when off): a pixel at
+                   the black or white limit measured nothing, so terms whose target is the frame
+                   or the teacher's output on it count only M.
                      s = student(events); t = teacher(frame)  (no grad: a target)
-                     pixel_kd/frame = KD(s, t); affinity/frame = aff(s.feat, t.feat)
+                     pixel_kd/frame = KD(s, t) over M; affinity/frame = aff(s.feat, t.feat)
                    with BMR (loss.bmr):
-                     x = E2A(s) ~ frame:  recon/e2a = |x - frame|
-                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x),
+                     x = E2A(s) ~ frame:  recon/e2a = |x - frame| over M
+                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x) (every pixel),
                                                  affinity/recon = aff(s.feat, t_x.feat)
                      e = A2E(frame) ~ events: recon/a2e = balanced |e - events|
-                     s_e = student(e):  pixel_kd/a2e = KD(s_e, t), affinity/a2e = aff(s_e, t)
-                     consistency = KL(teacher(x) || t)  (gradient through the frozen teacher)
+                     s_e = student(e):  pixel_kd/a2e = KD(s_e, t) over M, affinity/a2e = ...
+                     consistency = KL(teacher(x) || t) over M (gradient through the teacher)
+                   So where the frame clipped (night, headlights, a tunnel exit, over-exposure)
+                   the student learns from the teacher reading E2A's picture of the events.
   unpaired_step    events (no labels) + a labelled image of another instant.
                      s = student(events); x = E2A(s) ~ APS; t_x = teacher(x) (no grad)
                      pixel_kd/events = KD(s, t_x); affinity/events = aff(s.feat, t_x.feat)
@@ -241,11 +246,16 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
     with torch.no_grad():
         t = teacher.forward_features(image)
     bmr = "e2a" in models
-    _kd_terms(terms, s, t, cfg, mask, "/frame" if bmr else "")
+    seen = mask                      # the pixels where the real frame measured something
+    if w.frame_clip_mask:
+        seen = L.unclipped(image) if mask is None else mask & L.unclipped(image)
+    _kd_terms(terms, s, t, cfg, seen, "/frame" if bmr else "")
     if bmr:
         x = _e2a(models, s, size)
         if _use(w.recon) and w.recon_e2a:
-            terms["recon/e2a"] = _recon(x, image, cfg, image=True)
+            terms["recon/e2a"] = L.reconstruction(x, image, cfg.loss.recon_kind, mask=seen) \
+                if seen is not None and cfg.loss.recon_kind != "l1+ssim" \
+                else _recon(x, image, cfg, image=True)
         with torch.no_grad():
             t_x = teacher.forward_features(x)
         _kd_terms(terms, s, t_x, cfg, mask, "/recon")
@@ -253,10 +263,10 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
             e = models["a2e"](image)
             if _use(w.recon) and w.recon_a2e:
                 terms["recon/a2e"] = _recon(e, events, cfg, image=False, mask=mask)
-            _kd_terms(terms, student.forward_features(e), t, cfg, mask, "/a2e")
+            _kd_terms(terms, student.forward_features(e), t, cfg, seen, "/a2e")
         if _use(w.consistency):
             terms["consistency"] = L.consistency(teacher(x), t["logits"], T=w.temperature,
-                                                 mask=mask)
+                                                 mask=seen)
     _adversarial(terms, models, s["logits"], t["logits"], cfg)
     return terms
 

@@ -1,0 +1,43 @@
+#!/bin/sh
+# The EvDistill segmentation ablation of docs/results.md: every row from the same frozen teacher,
+# data, seed and budget, two runs at a time (one torch thread each, on a 2-core CPU), each
+# resumable (rerun this script after a kill: finished rows are kept, started ones resume), then
+# `evstream eval` on the test split. Usage:
+#     DATA=data/seg3 RUNS=runs ITERS=600 PREFIX=abl TEACHER=T.pt sh tools/recipes/seg_ablation.sh [ROW ...]
+# ROW: gt pseudo paired paired_nobmr paired_noaff paired_nodm paired_noclip unpaired (default: all of them)
+set -e
+DATA=${DATA:-data/seg3}; RUNS=${RUNS:-runs}; ITERS=${ITERS:-600}; PREFIX=${PREFIX:-abl}
+EVSTREAM=${EVSTREAM:-evstream}; JOBS=${JOBS:-2}
+TEACHER=${TEACHER:-$RUNS/seg3_teacher/teacher/model.pt}
+export DATA RUNS ITERS PREFIX EVSTREAM TEACHER
+
+args_of() {
+    case $1 in
+        gt)           echo "--setting events_gt" ;;
+        pseudo)       echo "--setting pseudo_aps" ;;
+        paired)       echo "--setting paired" ;;
+        paired_nobmr) echo "--setting paired --set loss.bmr=false" ;;
+        paired_noaff) echo "--setting paired --set loss.affinity=0" ;;
+        paired_nodm)  echo "--setting paired --set loss.pixel_kd=0" ;;
+        paired_noclip) echo "--setting paired --set loss.frame_clip_mask=false" ;;
+        unpaired)     echo "--setting unpaired" ;;
+        *) echo "unknown row $1" >&2; exit 2 ;;
+    esac
+}
+
+if [ "$1" = "--one" ]; then
+    row=$2; out=$RUNS/${PREFIX}_$row
+    if [ ! -f "$out/student/model.pt" ]; then
+        resume=""; [ -f "$out/config.json" ] && resume="--resume"
+        # shellcheck disable=SC2046
+        $EVSTREAM train --preset cpu --data "$DATA" --out "$out" --stage 2 --teacher "$TEACHER" \
+            $(args_of "$row") --set stage2.iterations="$ITERS" --threads 1 --no-progress \
+            --json $resume > "$out.train.json" 2> "$out.train.log"
+    fi
+    $EVSTREAM eval "$out" --data "$DATA" --split test --json > "$out.eval.json"
+    echo "$row done"
+    exit 0
+fi
+
+ROWS=${*:-paired pseudo unpaired paired_noaff paired_nodm paired_noclip paired_nobmr gt}
+for row in $ROWS; do args_of "$row" > /dev/null; echo "$row"; done | xargs -P "$JOBS" -I{} sh "$0" --one {}

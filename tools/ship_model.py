@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sensor", default="", help="WxH of the sensor (default: 346x260 for "
                     "segmentation, 128x128 for classification)")
     ap.add_argument("--eval-split", default="test", help="the split --eval was run on")
+    ap.add_argument("--out-dir", default="", help="where to ship (default models/NAME), e.g. "
+                    "models/baselines/NAME")
     ap.add_argument("--ci-split", default="test", help="the split of the CI set to evaluate")
     ap.add_argument("--limitations", default="", help="markdown replacing the default "
                     "limitations (which describe the procedural worlds)")
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
 
     from evstream.nn.checkpoint import load_checkpoint, save_checkpoint
 
-    out = ROOT / "models" / args.name
+    out = Path(args.out_dir) if args.out_dir else ROOT / "models" / args.name
     out.mkdir(parents=True, exist_ok=True)
     r = subprocess.run([sys.executable, "-m", "evstream", "export", args.run, "--out", str(out),
                         "--no-torchscript", "--json"], capture_output=True, text=True)

@@ -102,6 +102,9 @@ class LossCfg:
                                        # limit: no measurement) are left out of the terms whose
                                        # target is the real frame or the teacher's output on it;
                                        # E2A's reconstruction and the teacher on it cover them
+    recon_kd_where: str = "all"        # paired: where the teacher's output on E2A's
+                                       # reconstruction is a KD target: "all" valid pixels, or
+                                       # only where the frame measured nothing ("clipped")
     e2a_width: int = 0                 # E2A channels (0: 64, or 16 with a "tiny" student)
     a2e_width: int = 0                 # A2E U-Net base channels (0: 32, or 8 with "tiny"); its
                                        # full-resolution convs are most of stage 2's compute
@@ -366,6 +369,7 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
         raise EvstreamError("config loss.affinity_scale: must be in (0, 1]")
     for key, allowed in (("recon_kind", ("l1", "l2", "l1+ssim")),
                          ("recon_a2e_kind", ("balanced_l1", "l1", "l2")), ("kd_mode", ("kl", "ce")),
+                         ("recon_kd_where", ("all", "clipped")),
                          ("affinity_pool", ("max", "avg")),
                          ("adversarial_kind", ("lsgan", "bce"))):
         if getattr(cfg.loss, key) not in allowed:

@@ -121,10 +121,7 @@ class NCaltechDataset(EvDataset):
         path, label, image = self.files[i]
         out = {}
         if "events" in parts:
-            data = self._load(path)
-            t_end = int(data.t[-1]) + 1 if len(data.t) else 0
-            t0, t1 = self.window_bounds(t_end, data.t[0] if len(data.t) else 0)
-            out["events"] = self.represent(data.window(t0, t1), self.height, self.width, t1)
+            out["events"] = recording_window(self, self._load(path))
         if "image" in parts:
             out["image"] = fit_image(read_image(image), self.height, self.width)
         if "label" in parts:
@@ -137,6 +134,14 @@ class NCaltechDataset(EvDataset):
         data = self._load(path)           # cached: the events side has just read it
         t_us = int(data.t[-1]) + 1 if len(data.t) else 0
         return {"sequence": seq, "t_us": t_us, "conditions": {}}
+
+
+def recording_window(ds: EvDataset, data: SeqData) -> np.ndarray:
+    """The representation of a whole-recording sample: the window ending at its last event
+    (t + 1), window_us long, or from its first event with window_us=None."""
+    t_end = int(data.t[-1]) + 1 if len(data.t) else 0
+    t0, t1 = ds.window_bounds(t_end, data.t[0] if len(data.t) else 0)
+    return ds.represent(data.window(t0, t1), ds.height, ds.width, t1)
 
 
 def fit_image(grey: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 from evstream.distill.data_base import EvDataset, SeqData
-from evstream.distill.data_ncaltech import decode_bin
+from evstream.distill.data_ncaltech import decode_bin, recording_window
 from evstream.errors import EvstreamError
 
 SPLIT_DIRS = ("Train", "Test")
@@ -113,10 +113,7 @@ class NMnistDataset(EvDataset):
         path, label = self.files[i]
         out = {}
         if "events" in parts:
-            data = self._load(path)
-            t_end = int(data.t[-1]) + 1 if len(data.t) else 0
-            t0, t1 = self.window_bounds(t_end, data.t[0] if len(data.t) else 0)
-            out["events"] = self.represent(data.window(t0, t1), self.height, self.width, t1)
+            out["events"] = recording_window(self, self._load(path))
         if "label" in parts:
             out["label"] = label
         return out

@@ -25,7 +25,8 @@ setting (the table in settings.py names it; `distill_step` dispatches):
                      pixel_kd/frame = KD(s, t) over M; affinity/frame = aff(s.feat, t.feat)
                    with BMR (loss.bmr):
                      x = E2A(s) ~ frame:  recon/e2a = |x - frame| over M
-                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x) (every pixel),
+                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x) (every pixel, or
+                                                 only outside M: loss.recon_kd_where),
                                                  affinity/recon = aff(s.feat, t_x.feat)
                      e = A2E(frame) ~ events: recon/a2e = balanced |e - events|
                      s_e = student(e):  pixel_kd/a2e = KD(s_e, t) over M, affinity/a2e = ...
@@ -222,6 +223,17 @@ def _kd_terms(terms: dict, s: dict, t: dict, cfg: TrainCfg, mask, suffix: str = 
         terms["affinity" + suffix] = _aff(s["feat"], t["feat"], cfg)
 
 
+def _unpack(batch: dict, models: dict, cfg: TrainCfg):
+    """(loss cfg, teacher, student, events, image, valid mask or None) of a BMR step."""
+    return (cfg.loss, models["teacher"], models["student"], batch["events"], batch["image"],
+            batch.get("valid"))
+
+
+def _both(mask, other: torch.Tensor) -> torch.Tensor:
+    """mask & other, where a missing mask means every pixel."""
+    return other if mask is None else mask & other
+
+
 def events_gt_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     return {"ce": L.task_ce(models["student"](batch["events"]), batch["label"])}
 
@@ -237,18 +249,15 @@ def pseudo_aps_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch
 
 def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     """EvDistill on events and the APS frame of the same instant (no labels)."""
-    w = cfg.loss
-    teacher, student = models["teacher"], models["student"]
-    events, image, mask = batch["events"], batch["image"], batch.get("valid")
+    w, teacher, student, events, image, mask = _unpack(batch, models, cfg)
     size = image.shape[2:]
     terms: dict[str, torch.Tensor] = {}
     s = student.forward_features(events)
     with torch.no_grad():
         t = teacher.forward_features(image)
     bmr = "e2a" in models
-    seen = mask                      # the pixels where the real frame measured something
-    if w.frame_clip_mask:
-        seen = L.unclipped(image) if mask is None else mask & L.unclipped(image)
+    # the pixels where the real frame measured something
+    seen = _both(mask, L.unclipped(image)) if w.frame_clip_mask else mask
     _kd_terms(terms, s, t, cfg, seen, "/frame" if bmr else "")
     if bmr:
         x = _e2a(models, s, size)
@@ -258,7 +267,8 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
                 else _recon(x, image, cfg, image=True)
         with torch.no_grad():
             t_x = teacher.forward_features(x)
-        _kd_terms(terms, s, t_x, cfg, mask, "/recon")
+        where = _both(mask, ~L.unclipped(image)) if w.recon_kd_where == "clipped" else mask
+        _kd_terms(terms, s, t_x, cfg, where, "/recon")
         if "a2e" in models:
             e = models["a2e"](image)
             if _use(w.recon) and w.recon_a2e:
@@ -273,9 +283,7 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
 
 def unpaired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Tensor]:
     """EvDistill on unlabelled events and labelled images of other instants (BMR pairs them)."""
-    w = cfg.loss
-    teacher, student = models["teacher"], models["student"]
-    events, image, mask = batch["events"], batch["image"], batch.get("valid")
+    w, teacher, student, events, image, mask = _unpack(batch, models, cfg)
     size = image.shape[2:]
     terms: dict[str, torch.Tensor] = {}
 

@@ -63,27 +63,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy, check_events,
-                                         check_out, check_size, raise_kernel_error,
-                                         register_representation)
+from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy,
+                                         raise_kernel_error, register_representation,
+                                         zeroed_output)
 
 CHANNELS = 3
 LEVELS = 255          # 8-bit picture: 0..255
 
 
-def _zeroed(events, height, width, out) -> tuple[np.ndarray, int, int]:
-    """Check the arguments both forms take; -> (zeroed (3, H, W) output, height, width)."""
-    check_events(events)
-    height, width = check_size(height, width)
-    img = check_out(out, (CHANNELS, height, width))
-    img.fill(0)
-    return img, height, width
-
-
 def evdistill_rgb_numpy(events: np.ndarray, height: int, width: int, quantize: bool = True,
                         out: np.ndarray | None = None) -> np.ndarray:
     """EvDistill event image (3, height, width) float32: R = ON, G = OFF, B = 0 (reference)."""
-    img, height, width = _zeroed(events, height, width, out)
+    img, height, width = zeroed_output(events, height, width, out, CHANNELS)
     if len(events) == 0:
         return img
     x = events["x"].astype(np.int64)
@@ -150,7 +141,7 @@ def evdistill_rgb(events: np.ndarray, height: int, width: int, quantize: bool = 
     Each of R and G is its count plane over the plane's maximum, floored to 8 bits
     (k / 255) unless quantize=False. Writes into `out` (zeroed first) when given.
     """
-    img, height, width = _zeroed(events, height, width, out)
+    img, height, width = zeroed_output(events, height, width, out, CHANNELS)
     if len(events) == 0:
         return img
     code, index = _count_kernel(events, height, width, img.reshape(-1))

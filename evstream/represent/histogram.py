@@ -21,24 +21,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy, check_events,
-                                         check_out, check_size, raise_kernel_error,
-                                         register_representation)
-
-
-def _zeroed_hist(events, height, width, out) -> tuple[np.ndarray, int, int]:
-    """Check the arguments both forms take; -> (zeroed (2, H, W) output, height, width)."""
-    check_events(events)
-    height, width = check_size(height, width)
-    hist = check_out(out, (2, height, width))
-    hist.fill(0)
-    return hist, height, width
+from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy,
+                                         raise_kernel_error, register_representation,
+                                         zeroed_output)
 
 
 def histogram_numpy(events: np.ndarray, height: int, width: int, normalize: bool = False,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Polarity count histogram (2, height, width) float32; channel 0 OFF, 1 ON (reference)."""
-    hist, height, width = _zeroed_hist(events, height, width, out)
+    hist, height, width = zeroed_output(events, height, width, out, 2)
     if len(events) == 0:
         return hist
     x = events["x"].astype(np.int64)
@@ -93,7 +84,7 @@ def histogram(events: np.ndarray, height: int, width: int, normalize: bool = Fal
 
     `normalize=True` divides each channel by its own maximum. Writes into `out` when given.
     """
-    hist, height, width = _zeroed_hist(events, height, width, out)
+    hist, height, width = zeroed_output(events, height, width, out, 2)
     if len(events) == 0:
         return hist
     code, index = _histogram_kernel(events, height, width, hist.reshape(-1))

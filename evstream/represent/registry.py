@@ -130,6 +130,17 @@ def check_out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 OK, OUT_OF_BOUNDS, UNSORTED = 0, 1, 2
 
 
+
+def zeroed_output(events: np.ndarray, height: int, width: int, out: np.ndarray | None,
+                  channels: int) -> tuple[np.ndarray, int, int]:
+    """The checks every kernel starts with (events, size, out) -> (zeroed (channels, H, W)
+    output, height, width)."""
+    check_events(events)
+    height, width = check_size(height, width)
+    arr = check_out(out, (channels, height, width))
+    arr.fill(0)
+    return arr, height, width
+
 def raise_kernel_error(code: int, index: int, events: np.ndarray, height: int,
                        width: int) -> None:
     """Turn a kernel's (code, index) status into the one-line ValueError the contract promises."""

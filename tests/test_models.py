@@ -20,6 +20,33 @@ BASELINES = sorted(f"baselines/{p.parent.name}" for p in MODELS_DIR.glob("baseli
 COMPARISON = MODELS_DIR / "baselines" / "comparison.json"
 
 
+_GENERATED: dict[str, object] = {}
+_EVALS: dict[tuple[str, str, str], dict] = {}
+
+
+def _generated(command: str, tmp_path_factory):
+    """The dataset a `evstream synth ... OUT ...` command makes, generated once per session."""
+    if command not in _GENERATED:
+        data = tmp_path_factory.mktemp("fresh") / "data"
+        gen = command.replace("OUT", str(data)).split()
+        r = subprocess.run([sys.executable, "-m", "evstream", *gen[1:], "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        _GENERATED[command] = data
+    return _GENERATED[command]
+
+
+def _evaluated(model: str, data, split: str) -> dict:
+    key = (model, str(data), split)
+    if key not in _EVALS:
+        r = subprocess.run([sys.executable, "-m", "evstream", "eval", str(MODELS_DIR / model),
+                            "--data", str(data), "--split", split, "--json"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        _EVALS[key] = json.loads(r.stdout)
+    return _EVALS[key]
+
+
 def test_models_readme_lists_every_shipped_model_and_the_default():
     from evstream.commands.pipeline_args import SHIPPED_DEFAULT
 
@@ -90,7 +117,7 @@ def test_runs_in_the_predictor_on_a_fixed_window(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED + BASELINES)
-def test_accuracy_on_a_fresh_held_out_set_holds(name, tmp_path):
+def test_accuracy_on_a_fresh_held_out_set_holds(name, tmp_path_factory):
     metrics = json.loads((MODELS_DIR / name / "metrics.json").read_text())
     check = metrics["ci_check"]
     if check.get("real_data"):            # real recordings held out from training
@@ -100,40 +127,22 @@ def test_accuracy_on_a_fresh_held_out_set_holds(name, tmp_path):
         if not data.is_dir():
             pytest.skip(f"real recordings not found at {data}")
     else:
-        data = tmp_path / "data"
-        gen = check["dataset_command"].replace("OUT", str(data)).split()
-        r = subprocess.run([sys.executable, "-m", "evstream", *gen[1:], "--no-progress"],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "evstream", "eval", str(MODELS_DIR / name),
-                        "--data", str(data), "--split", check.get("split", "test"), "--json"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
+        data = _generated(check["dataset_command"], tmp_path_factory)
+    got = _evaluated(name, data, check.get("split", "test"))
     key = "miou" if "miou" in check else "top1"
     assert got[key] >= check[key] - check["margin"], (got[key], check)
 
 
 @pytest.mark.slow
-def test_the_shipped_comparison_keeps_its_order_on_a_fresh_held_out_set(tmp_path):
+def test_the_shipped_comparison_keeps_its_order_on_a_fresh_held_out_set(tmp_path_factory):
     """The default student and the two baselines beside it (models/baselines/), evaluated on a
-    freshly generated set that holds every condition: their order is the one docs/results.md
-    reports (pairs closer than `tie` mIoU there are not ordered)."""
+    freshly generated set: their order is the one recorded in comparison.json (pairs closer
+    than `tie` mIoU there are not ordered)."""
     if not COMPARISON.exists():
         pytest.skip("no shipped comparison")
     comp = json.loads(COMPARISON.read_text())
-    data = tmp_path / "data"
-    gen = comp["dataset_command"].replace("OUT", str(data)).split()
-    r = subprocess.run([sys.executable, "-m", "evstream", *gen[1:], "--no-progress"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    got = {}
-    for name in comp["miou"]:
-        r = subprocess.run([sys.executable, "-m", "evstream", "eval", str(MODELS_DIR / name),
-                            "--data", str(data), "--split", "test", "--json"],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
-        got[name] = json.loads(r.stdout)["miou"]
+    data = _generated(comp["dataset_command"], tmp_path_factory)
+    got = {name: _evaluated(name, data, "test")["miou"] for name in comp["miou"]}
     ranked = sorted(comp["miou"], key=comp["miou"].get, reverse=True)
     for hi, lo in zip(ranked, ranked[1:]):
         if comp["miou"][hi] - comp["miou"][lo] >= comp["tie"]:

@@ -63,9 +63,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from evstream.represent.registry import (OK, OUT_OF_BOUNDS, check_bounds_numpy,
-                                         raise_kernel_error, register_representation,
-                                         zeroed_output)
+from evstream.represent.histogram import polarity_count_kernel
+from evstream.represent.registry import (check_bounds_numpy, raise_kernel_error,
+                                         register_representation, zeroed_output)
 
 CHANNELS = 3
 LEVELS = 255          # 8-bit picture: 0..255
@@ -92,25 +92,6 @@ def evdistill_rgb_numpy(events: np.ndarray, height: int, width: int, quantize: b
         else:
             img[c] = counts[c].astype(np.float32) / np.float32(peak)
     return img
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def _count_kernel(events, height, width, flat):
-    """ON counts into plane 0, OFF counts into plane 1 (float32, exact up to 2**24)."""
-    plane = np.int64(height) * np.int64(width)
-    w64 = np.int64(width)
-    uw = np.uint64(width)
-    uh = np.uint64(height)
-    one = np.float32(1.0)
-    for i in range(events.shape[0]):
-        e = events[i]
-        xx = np.uint64(e.x)                     # negative signed values wrap to huge: one test
-        yy = np.uint64(e.y)
-        if xx >= uw or yy >= uh:
-            return OUT_OF_BOUNDS, i
-        base = np.int64(0) if e.p > 0 else plane
-        flat[base + np.int64(yy) * w64 + np.int64(xx)] += one
-    return OK, 0
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -144,7 +125,7 @@ def evdistill_rgb(events: np.ndarray, height: int, width: int, quantize: bool = 
     img, height, width = zeroed_output(events, height, width, out, CHANNELS)
     if len(events) == 0:
         return img
-    code, index = _count_kernel(events, height, width, img.reshape(-1))
+    code, index = polarity_count_kernel(events, height, width, img.reshape(-1), 0)
     raise_kernel_error(code, index, events, height, width)
     _scale_kernel(img, bool(quantize))
     return img

@@ -48,19 +48,23 @@ def histogram_numpy(events: np.ndarray, height: int, width: int, normalize: bool
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _histogram_kernel(events, height, width, flat):
+def polarity_count_kernel(events, height, width, flat, on_plane):
+    """Per-polarity event counts added into `flat` (2 planes of height x width): ON events into
+    plane `on_plane` (0 or 1), OFF into the other; -> (OK, 0) or (OUT_OF_BOUNDS, index)."""
     plane = np.int64(height) * np.int64(width)
     w64 = np.int64(width)
     uw = np.uint64(width)
     uh = np.uint64(height)
     one = np.float32(1.0)
+    on = np.int64(on_plane)
+    off = np.int64(1) - on
     for i in range(events.shape[0]):
         e = events[i]
         xx = np.uint64(e.x)
         yy = np.uint64(e.y)
         if xx >= uw or yy >= uh:
             return OUT_OF_BOUNDS, i
-        base = plane if e.p > 0 else np.int64(0)
+        base = plane * on if e.p > 0 else plane * off
         flat[base + np.int64(yy) * w64 + np.int64(xx)] += one
     return OK, 0
 
@@ -87,7 +91,7 @@ def histogram(events: np.ndarray, height: int, width: int, normalize: bool = Fal
     hist, height, width = zeroed_output(events, height, width, out, 2)
     if len(events) == 0:
         return hist
-    code, index = _histogram_kernel(events, height, width, hist.reshape(-1))
+    code, index = polarity_count_kernel(events, height, width, hist.reshape(-1), 1)
     raise_kernel_error(code, index, events, height, width)
     if normalize:
         _max_normalize_kernel(hist)

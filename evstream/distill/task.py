@@ -196,9 +196,10 @@ def _e2a(models: dict, s: dict, size) -> torch.Tensor:
 
 
 def _recon(pred, target, cfg: TrainCfg, image: bool, mask=None) -> torch.Tensor:
-    if image:
-        return L.reconstruction(pred, target, cfg.loss.recon_kind)
-    return L.reconstruction(pred, target, cfg.loss.recon_a2e_kind, mask=mask)
+    """E2A's image loss (loss.recon_kind) or A2E's event loss (loss.recon_a2e_kind), over the
+    pixels of `mask` where given (l1+ssim takes every pixel)."""
+    kind = cfg.loss.recon_kind if image else cfg.loss.recon_a2e_kind
+    return L.reconstruction(pred, target, kind, mask=mask)
 
 
 def _adversarial(terms: dict, models: dict, s_logits, t_logits, cfg: TrainCfg) -> None:
@@ -262,9 +263,7 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
     if bmr:
         x = _e2a(models, s, size)
         if _use(w.recon) and w.recon_e2a:
-            terms["recon/e2a"] = L.reconstruction(x, image, cfg.loss.recon_kind, mask=seen) \
-                if seen is not None and cfg.loss.recon_kind != "l1+ssim" \
-                else _recon(x, image, cfg, image=True)
+            terms["recon/e2a"] = _recon(x, image, cfg, image=True, mask=seen)
         with torch.no_grad():
             t_x = teacher.forward_features(x)
         where = _both(mask, ~L.unclipped(image)) if w.recon_kd_where == "clipped" else mask

@@ -6,7 +6,9 @@
 The data goes to a temporary file in the same directory (so the final rename cannot cross file
 systems), is flushed and fsynced, then `os.replace`d over `path`; the directory is fsynced too
 so the rename survives a power cut (best effort: some file systems refuse directory fds). On any
-failure the temporary file is removed and the exception propagates. The file gets the mode a
+failure the temporary file is removed and the exception propagates; an OSError of the user's
+environment (no such folder, no permission, disk full: outpaths.USER_ERRNOS) becomes a one-line
+EvstreamError naming `path` and `what` it was. The file gets the mode a
 plain open() would give (0o666 less the umask), not mkstemp's 0o600. `durable=False` skips the
 fsyncs, for files written many times a second (viewer PNG frames).
 """
@@ -17,6 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from evstream.outpaths import output_errors
+
 
 def _default_mode() -> int:
     mask = os.umask(0)
@@ -24,8 +28,13 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path, write, mode: str = "wb", durable: bool = True) -> None:
+def atomic_write(path, write, mode: str = "wb", durable: bool = True, what: str = "file") -> None:
     path = Path(path)
+    with output_errors(path, what):
+        _atomic_write(path, write, mode, durable)
+
+
+def _atomic_write(path: Path, write, mode: str, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

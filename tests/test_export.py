@@ -95,4 +95,4 @@ def test_export_refuses_a_run_without_a_student(run, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run_cli(capsys, "export", run, "--out", blocker)
-    assert code == 2 and "not a directory" in err
+    assert code == 2 and "is not a folder" in err

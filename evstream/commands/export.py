@@ -21,11 +21,14 @@ silences that one warning here and nowhere else.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
 
+from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
+from evstream.outpaths import ensure_dir
 
 HELP = "export a student (state dict + config, TorchScript) for the worker"
 EXAMPLES = """  evstream export runs/tiny --out student_export
@@ -97,10 +100,7 @@ def export(source: str, out: str, torchscript: bool = True) -> dict:
     model, cfg = load_model(src)                  # checks weights against the config
     if cfg.get("modality") == "images":
         warnings.warn(f"{src}: exporting a network that reads images (a teacher)")
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvstreamError(f"{out_dir}: exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out, "export")
     x = example_input(cfg)
     with torch.no_grad():
         ref = model(x)
@@ -115,11 +115,11 @@ def export(source: str, out: str, torchscript: bool = True) -> dict:
     if torchscript:
         ts = trace(model, x)
         path = out_dir / "model.ts"
-        tmp = out_dir / ".model.ts.tmp"
+        buf = io.BytesIO()          # in memory first: see nn.checkpoint.save_torch
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is deprecated")
-            torch.jit.save(ts, str(tmp), _extra_files={"config.json": json.dumps(cfg)})
-        tmp.replace(path)
+            torch.jit.save(ts, buf, _extra_files={"config.json": json.dumps(cfg)})
+        atomic_write(path, lambda f: f.write(buf.getbuffer()), what="TorchScript file")
         result["model_ts"] = str(path)
         loaded, _ = load_torchscript(path)
         with torch.no_grad():

@@ -24,6 +24,7 @@ from pathlib import Path
 from evstream.commands.common import positive_int
 from evstream.distill import config as C
 from evstream.errors import EvstreamError
+from evstream.outpaths import check_can_create
 
 HELP = "EvDistill training: teacher on images, distilled event student"
 EXAMPLES = """  evstream train --preset tiny --data data/seg --out runs/tiny
@@ -134,6 +135,8 @@ def main(args) -> int:
     from evstream.distill.train import main as train_main
 
     cfg = build_config(args)
+    if cfg.out:
+        check_can_create(cfg.out, "run")        # before the data and the networks load
     rank0 = int(os.environ.get("RANK", "0")) == 0
 
     def show(resolved: C.TrainCfg) -> None:

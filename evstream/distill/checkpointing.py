@@ -29,14 +29,15 @@ from torch.utils.data import DistributedSampler
 
 from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
+from evstream.nn.checkpoint import save_torch
 
 STATE_FORMAT = "evstream-train-state"
 STATE_VERSION = 1
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save(obj) to path atomically and durably (evstream.atomic)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save(obj) to path atomically and durably (nn.checkpoint.save_torch)."""
+    save_torch(obj, path, what="training state")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

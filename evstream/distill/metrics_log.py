@@ -13,6 +13,7 @@ from pathlib import Path
 
 from evstream.distill import checkpointing as ck
 from evstream.distill.task import DISC_KEY
+from evstream.outpaths import output_errors
 
 TERMS = ("ce", "pixel_kd", "pixel_kd/events", "pixel_kd/images", "pixel_kd/frame",
          "pixel_kd/recon", "pixel_kd/a2e", "affinity", "affinity/events", "affinity/images",
@@ -70,14 +71,16 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with output_errors(self.jsonl, "training log"):
+            with open(self.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
         new = not self.csv.exists() or self.csv.stat().st_size == 0
-        with open(self.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-            if new:
-                w.writeheader()
-            w.writerow(self._csv_row(row))
+        with output_errors(self.csv, "training log"):
+            with open(self.csv, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+                if new:
+                    w.writeheader()
+                w.writerow(self._csv_row(row))
         if self.tb is not None:
             step = row["iteration"]
             for k, v in row.items():

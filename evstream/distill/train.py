@@ -67,6 +67,7 @@ from evstream.distill.stage import (STAGE_DIRS, StageRun, content_hw, open_split
 from evstream.distill.task import build_bmr, build_discriminator, freeze, loss_weights, \
     needs_teacher, stage2_modules
 from evstream.errors import EvstreamError
+from evstream.outpaths import ensure_dir
 
 __all__ = ["main", "train_one_epoch", "evaluate", "StageRun", "COLUMNS", "TERMS", "model_config",
            "WarmupPoly", "make_optimizer", "STAGE_DIRS"]
@@ -159,7 +160,7 @@ def _main(cfg: C.TrainCfg, d: Dist, resume: bool, on_start) -> dict:
     d.barrier()
     log = MetricsLog(run_dir, d.main, cfg.tensorboard)
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run_dir, "run")
         ck.atomic_write_text(run_dir / "config.json", C.to_json(cfg) + "\n")
         ck.atomic_write_text(run_dir / "config.toml", C.to_toml(cfg))
         if on_start is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import warnings
 
 import copy
+import io
 import json
 import os
 import pickle
@@ -126,7 +127,19 @@ def save_checkpoint(path, state_dict: dict, config: dict, extra: dict | None = N
     sd = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items()}
     payload = {"format": FORMAT, "version": VERSION, "config": copy.deepcopy(config),
                "state_dict": sd, "extra": dict(extra or {})}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    save_torch(payload, path)
+
+
+def save_torch(obj, path, what: str = "checkpoint") -> None:
+    """torch.save(obj) to `path`, atomically and durably (evstream.atomic).
+
+    torch 2.13's zip writer turns a short write on a full disk into
+    "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos A vs B" instead of
+    the OSError(ENOSPC) underneath, so the bytes are made in memory first and written with a
+    plain write, which raises OSError like any other file (tests/test_outpaths.py shows both)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), what=what)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

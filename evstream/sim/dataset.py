@@ -52,11 +52,13 @@ from pathlib import Path
 import numpy as np
 
 from evstream.errors import EvstreamError
+from evstream.outpaths import check_free, ensure_dir
 from evstream.sim.camera import ILLUMINATION, MOTION, ApsConfig, exposure_for
 from evstream.sim.driver import DriverStats, StepConfig, run_world
 from evstream.sim.esim import EventSimulator, SimConfig
 from evstream.sim.scenes_cls import CLS_CLASSES, CLS_COLORS, ClsSceneConfig, ClsWorld
 from evstream.sim.scenes_seg import SEG_CLASSES, SEG_COLORS, SegSceneConfig, SegWorld
+from evstream.sim.writers import ROOM_BYTES
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -308,12 +310,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise EvstreamError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise EvstreamError(f"{out}: folder is not empty (use --force to replace it)")
-    parent = out.parent
-    if not parent.is_dir():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as e:
-            raise EvstreamError(f"{out}: cannot create {parent} ({e.strerror})") from None
+    ensure_dir(out.parent, "dataset's parent")
 
 
 def generate_dataset(out, cfg: SynthConfig, workers: int = 1, progress: bool = False,
@@ -322,6 +319,7 @@ def generate_dataset(out, cfg: SynthConfig, workers: int = 1, progress: bool = F
     cfg = cfg.resolved()
     out = Path(out).absolute()
     _prepare_out(out, force)
+    check_free(out, "dataset", ROOM_BYTES)
     entries = plan_sequences(cfg)
     tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir()

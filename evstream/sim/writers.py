@@ -17,6 +17,11 @@ events), so nothing here holds a whole sequence in memory:
   and frames through evstream.sources.writer.Aedat4Writer, itself atomic) or events.h5 +
   frames.npz, plus labels.npz (t_us, labels) when asked. `abort()` drops what was written.
 Event times must fit uint32 microseconds in the h5 variant (71 minutes).
+
+Full disk: dv-processing 2.0.4's writer aborts the whole process when a write fails, and h5py
+crashes at exit after a failed write, so `SequenceWriter` checks the free space before each
+write (`ROOM_BYTES`, or four times what the last write took if more) and stops with a one-line
+error while it still can.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import zipfile
 import numpy as np
 
 from evstream.errors import EvstreamError
+from evstream.outpaths import check_free
 from evstream.types import EVENT_DTYPE, Frame
 
 
@@ -164,6 +170,9 @@ class H5EventWriter:
             pass
 
 
+ROOM_BYTES = 16 << 20          # free space every write leaves at least (see the module top)
+
+
 class SequenceWriter:
     """events.aedat4 | events.h5 + frames.npz, and labels.npz, in one folder."""
 
@@ -209,13 +218,18 @@ class SequenceWriter:
             return
         if ev.dtype != EVENT_DTYPE:
             raise TypeError(f"events must be EVENT_DTYPE, not {ev.dtype}")
+        self._room(ev.nbytes)
         if self._aedat is not None:
             self._aedat.write_events(ev)
         else:
             self._h5.write(ev)
         self.events += len(ev)
 
+    def _room(self, nbytes: int) -> None:
+        check_free(self.folder, "dataset", need=max(ROOM_BYTES, 4 * int(nbytes)))
+
     def write_frame(self, frame: Frame, labels: np.ndarray | None) -> None:
+        self._room(2 * frame.image.nbytes)
         if self._aedat is not None:
             self._aedat.write_frame(frame)
         else:

@@ -9,6 +9,11 @@ h264_v4l2m2m" on opencv-python 5.0.0.93) "mp4v" (MPEG-4 part 2) is the one that 
 cv2.VideoCapture reads it back frame for frame; "avc1" stays as the fallback for OpenCV builds
 against a system FFmpeg that lacks mpeg4.
 
+Full disk: OpenCV's writer reports nothing when its writes fail (opencv-python 5.0.0.93: the
+frames are dropped and the file is left without its index), so the free space is checked on
+the first frame and every FREE_CHECK_EVERY frames after (a one-line error before the disk fills),
+and close() reads the file back: fewer frames than were written is a one-line error too.
+
 Frame size: the first frame fixes the size. MPEG-4 wants even sizes (the FFmpeg writer silently
 crops an odd row/column), so the size is rounded up to even; every frame is padded (with
 overlay.PANEL_BGR) or cropped to it, so a frame whose side panel grew never breaks the file.
@@ -24,21 +29,11 @@ import numpy as np
 
 from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
+from evstream.outpaths import check_free, ensure_dir, output_errors  # noqa: F401 (ensure_dir: re-export)
 from evstream.viewer.overlay import PANEL_BGR
 
 FOURCCS = ("mp4v", "avc1")
-
-
-def ensure_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create directory `path` (and parents) or raise a one-line EvstreamError."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EvstreamError(f"{p}: cannot create the {what} directory ({e.strerror})") from None
-    if not os.access(p, os.W_OK):
-        raise EvstreamError(f"{p}: the {what} directory is not writable")
-    return p
+FREE_CHECK_EVERY = 30           # frames between two free-space checks
 
 
 def fit(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -82,13 +77,23 @@ class VideoOut:
             h, w = frame.shape[:2]
             self.size_hw = (h + h % 2, w + w % 2)
             self.writer, self.fourcc = open_writer(self.path, self.fps, self.size_hw)
+        if self.frames % FREE_CHECK_EVERY == 0:
+            # two raw frames: more than the compressed frames until the next check need
+            check_free(self.path, "video", need=max(1 << 20, 2 * frame.nbytes))
         self.writer.write(fit(frame, self.size_hw))
         self.frames += 1
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        """Finalise the file, then check that every written frame is in it (a one-line
+        EvstreamError otherwise: OpenCV does not report failed writes)."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        on_disk = frames_in(self.path)
+        if on_disk < self.frames:
+            raise EvstreamError(f"{self.path}: the video is incomplete ({on_disk} of "
+                                f"{self.frames} frames on disk; disk full?)")
 
     def info(self) -> dict:
         return {"path": self.path, "frames": self.frames, "fps": self.fps, "fourcc": self.fourcc}
@@ -100,10 +105,16 @@ def write_png(path: str | os.PathLike, frame: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", frame)
     if not ok:
         raise EvstreamError(f"{path}: cannot encode the frame as PNG")
+    atomic_write(path, lambda f: f.write(data.tobytes()), durable=False, what="PNG file")
+
+
+def frames_in(path: str | os.PathLike) -> int:
+    """The frame count a video file's index declares (0 when it cannot be opened)."""
+    cap = cv2.VideoCapture(str(path))
     try:
-        atomic_write(path, lambda f: f.write(data.tobytes()), durable=False)
-    except OSError as e:
-        raise EvstreamError(f"{path}: cannot write the PNG file ({e.strerror})") from None
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
 
 
 def read_video(path: str | os.PathLike) -> list[np.ndarray]:

@@ -628,3 +628,23 @@ def test_paired_leaves_the_frames_clipped_pixels_to_the_reconstruction():
     off = C.apply_overrides(cfg, ["loss.frame_clip_mask=false"])
     terms = TaskModule(_tiny_models(), off, stage=2).train()(batch)
     assert all(float(terms[k].detach()) > 0 for k in ("pixel_kd/frame", "recon/e2a", "consistency"))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_e2a_detach_keeps_reconstruction_gradients_out_of_the_student(detach):
+    """loss.e2a_detach: recon/e2a and consistency train E2A only; without it they reach the
+    student's encoder too. The KD terms reach the student either way."""
+    cfg = C.apply_overrides(C.with_changes(C.preset("tiny"), setting="paired"),
+                            [f"loss.e2a_detach={str(detach).lower()}"])
+    models = _tiny_models()
+    terms = TaskModule(models, cfg, stage=2).train()(_batch())
+
+    def grads(term: str, name: str) -> float:
+        params = [p for p in models[name].parameters() if p.requires_grad]
+        gs = torch.autograd.grad(terms[term], params, retain_graph=True, allow_unused=True)
+        return sum(float(g.abs().sum()) for g in gs if g is not None)
+
+    for term in ("recon/e2a", "consistency"):
+        assert grads(term, "e2a") > 0, term
+        assert (grads(term, "student") == 0) == detach, term
+    assert grads("pixel_kd/recon", "student") > 0

@@ -105,6 +105,9 @@ class LossCfg:
     recon_kd_where: str = "all"        # paired: where the teacher's output on E2A's
                                        # reconstruction is a KD target: "all" valid pixels, or
                                        # only where the frame measured nothing ("clipped")
+    e2a_detach: bool = False           # E2A reads the student's features detached: its image
+                                       # loss and the consistency term train E2A only, never the
+                                       # student's encoder (which then learns from KD alone)
     e2a_width: int = 0                 # E2A channels (0: 64, or 16 with a "tiny" student)
     a2e_width: int = 0                 # A2E U-Net base channels (0: 32, or 8 with "tiny"); its
                                        # full-resolution convs are most of stage 2's compute

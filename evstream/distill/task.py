@@ -31,6 +31,8 @@ setting (the table in settings.py names it; `distill_step` dispatches):
                      e = A2E(frame) ~ events: recon/a2e = balanced |e - events|
                      s_e = student(e):  pixel_kd/a2e = KD(s_e, t) over M, affinity/a2e = ...
                      consistency = KL(teacher(x) || t) over M (gradient through the teacher)
+                   loss.e2a_detach: E2A reads detached features, so recon/e2a and consistency
+                   train E2A alone and the student learns from the KD terms only.
                    So where the frame clipped (night, headlights, a tunnel exit, over-exposure)
                    the student learns from the teacher reading E2A's picture of the events.
   unpaired_step    events (no labels) + a labelled image of another instant.
@@ -190,9 +192,13 @@ def _aff(s_feat: torch.Tensor, t_feat: torch.Tensor, cfg: TrainCfg) -> torch.Ten
                          scale=cfg.loss.affinity_scale, nodes=nodes)
 
 
-def _e2a(models: dict, s: dict, size) -> torch.Tensor:
-    return models["e2a"](s["feat"], s.get("low") if models["e2a"].low_channels else None,
-                         size=tuple(size))
+def _e2a(models: dict, s: dict, size, detach: bool = False) -> torch.Tensor:
+    """E2A's image from the student's output dict; `detach` (loss.e2a_detach) cuts the graph at
+    the student's features, so nothing E2A learns moves the student."""
+    feat, low = s["feat"], s.get("low") if models["e2a"].low_channels else None
+    if detach:
+        feat, low = feat.detach(), None if low is None else low.detach()
+    return models["e2a"](feat, low, size=tuple(size))
 
 
 def _recon(pred, target, cfg: TrainCfg, image: bool, mask=None) -> torch.Tensor:
@@ -261,7 +267,7 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
     seen = _both(mask, L.unclipped(image)) if w.frame_clip_mask else mask
     _kd_terms(terms, s, t, cfg, seen, "/frame" if bmr else "")
     if bmr:
-        x = _e2a(models, s, size)
+        x = _e2a(models, s, size, w.e2a_detach)
         if _use(w.recon) and w.recon_e2a:
             terms["recon/e2a"] = _recon(x, image, cfg, image=True, mask=seen)
         with torch.no_grad():
@@ -288,7 +294,7 @@ def unpaired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.T
 
     # events side: the student on real (unlabelled) events, the teacher on E2A's picture of them
     s = student.forward_features(events)
-    x = _e2a(models, s, size)
+    x = _e2a(models, s, size, w.e2a_detach)
     with torch.no_grad():
         t_x = teacher.forward_features(x)
     _kd_terms(terms, s, t_x, cfg, mask, "/events")
@@ -303,7 +309,7 @@ def unpaired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.T
 
     # the two reconstruction cycles and the teacher's agreement on the cycled image
     need_cycle = (_use(w.recon) and w.recon_e2a) or _use(w.consistency)
-    x_cyc = _e2a(models, s_e, size) if need_cycle else None
+    x_cyc = _e2a(models, s_e, size, w.e2a_detach) if need_cycle else None
     if _use(w.recon) and w.recon_e2a:
         terms["recon/e2a"] = _recon(x_cyc, image, cfg, image=True)
     if _use(w.recon) and w.recon_a2e:

@@ -6,10 +6,13 @@ and shuts everything down.
           \________________ control channel (zmq ROUTER, evstream.stream.control) _________/
 
 Lifecycle:
+0. remove shared memory and ipc directories left by a launcher that was killed (their names carry
+   its pid; stream/lifeline.py), saying so in one line per launcher;
 1. create the ring (this process owns it and unlinks it on every exit path) and a private ipc
    directory for the endpoints; bind the control socket;
 2. start the stages (`spawn`), with SIGINT ignored while they start so that Ctrl-C is handled
-   here only;
+   here only; each runs `lifeline.stage_main`, which first ties it to this process (it gets
+   SIGTERM, and exits within a second, if this process dies however it dies);
 3. wait for every `ready` (a stage that fails first is reported instead), then create the
    window slots (shared memory sized from the sensor geometry and the window stage's channel
    count, when every stage runs here; owned and unlinked here like the ring) and send `start`
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import shutil
 import signal
 import sys
@@ -61,20 +65,16 @@ class _Terminate(Exception):
 STAGE_ORDER = ("source", "window", "worker", "viewer", "sink")
 
 
-def _stage_function(name: str):
-    """The process function of a stage, imported only when the pipeline has that stage (the
-    worker pulls in torch, which a --no-model run never needs)."""
-    if name == "source":
-        from evstream.sources.stage import source_stage as fn
-    elif name == "window":
-        from evstream.stream.window_stage import window_stage as fn
-    elif name == "worker":
-        from evstream.infer.worker import worker_stage as fn
-    elif name == "viewer":
-        from evstream.viewer.app import viewer_stage as fn
-    else:
-        from evstream.stream.sink import sink_stage as fn
-    return fn
+# the process function of each stage, as (module, name): the stage process imports it itself,
+# after tying itself to the launcher (lifeline.stage_main), and only when the pipeline has that
+# stage (the worker pulls in torch, which a --no-model run never needs)
+STAGE_FUNCTIONS = {
+    "source": ("evstream.sources.stage", "source_stage"),
+    "window": ("evstream.stream.window_stage", "window_stage"),
+    "worker": ("evstream.infer.worker", "worker_stage"),
+    "viewer": ("evstream.viewer.app", "viewer_stage"),
+    "sink": ("evstream.stream.sink", "sink_stage"),
+}
 
 
 def stage_names(cfg: PipelineConfig) -> list[str]:
@@ -89,10 +89,6 @@ def stage_names(cfg: PipelineConfig) -> list[str]:
                              f"(it has {', '.join(names)})")
         names = [n for n in names if n in cfg.stages]
     return names
-
-
-def _stages(cfg: PipelineConfig) -> dict:
-    return {name: _stage_function(name) for name in stage_names(cfg)}
 
 
 def make_endpoints(cfg: PipelineConfig, tmpdir: str) -> dict:
@@ -111,11 +107,14 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     """Run the pipeline to the end of the source (or Ctrl-C). `status(line)` gets periodic lines;
     `on_started({"pids": {stage: pid}, "endpoints": {...}})` is called once every stage process
     runs (tests use it to kill a stage or to talk to an endpoint)."""
+    from evstream.stream import lifeline
     from evstream.stream.ring import EventRing
 
     status = status or (lambda line: print(line, file=sys.stderr, flush=True))
+    for pid, names in lifeline.remove_stale():
+        status(lifeline.stale_message(pid, names))
     ctx = mp.get_context("spawn")
-    tmpdir = tempfile.mkdtemp(prefix="evstream-")
+    tmpdir = tempfile.mkdtemp(prefix=f"evstream-{os.getpid()}-")
     try:
         ring = EventRing.create(cfg.source.ring_capacity_events)
     except OSError as e:
@@ -133,14 +132,14 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     old_term = signal.signal(signal.SIGTERM, _raise_terminate)
     t_start = time.monotonic()
     try:
-        for name, fn in _stages(cfg).items():
-            procs[name] = _start(ctx, name, fn, cfg, endpoints)
+        for name in stage_names(cfg):
+            procs[name] = _start(ctx, name, cfg, endpoints)
         t_start = time.monotonic()
         if on_started is not None:
             on_started({"pids": {name: p.pid for name, p in procs.items()},
                         "endpoints": dict(endpoints)})
         _supervise(cfg, link, procs, result, status, state,
-                   restart=lambda name: _start(ctx, name, _stage_function(name), cfg, endpoints))
+                   restart=lambda name: _start(ctx, name, cfg, endpoints))
     except (KeyboardInterrupt, _Terminate):
         result.summary["interrupted"] = True
     finally:
@@ -165,10 +164,13 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     return result
 
 
-def _start(ctx, name, fn, cfg, endpoints):
+def _start(ctx, name, cfg, endpoints):
+    from evstream.stream.lifeline import stage_main
+
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited by the child
     try:
-        p = ctx.Process(target=fn, args=(cfg, endpoints), name=f"evstream-{name}")
+        p = ctx.Process(target=stage_main, name=f"evstream-{name}",
+                        args=(os.getpid(), *STAGE_FUNCTIONS[name], cfg, endpoints))
         p.start()
     finally:
         signal.signal(signal.SIGINT, old_int)
@@ -227,6 +229,7 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
         if got is not None:
             _handle(state, result, *got)
         if not setup_sent and len(state.ready) == len(procs):
+            _report_bound(cfg, state, result, status)
             start_info = state.ready.get("source") or _remote_source_info(cfg)
             result.summary["source"] = start_info
             slots = _make_window_slots(cfg, state, start_info)
@@ -293,6 +296,17 @@ def _supervise(cfg, link, procs, result, status, state: _State, restart=None) ->
         if time.monotonic() >= next_line and state.latest:
             status(format_line(state.latest))
             next_line = time.monotonic() + interval
+
+
+def _report_bound(cfg, state: _State, result: PipelineResult, status) -> None:
+    """The endpoints the stages bound go into the summary; a tcp port the user left to the
+    system (tcp://HOST:* or :0) is said on stderr, since a peer needs it."""
+    bound = {k: v for info in state.ready.values() for k, v in info.get("bound", {}).items()}
+    result.summary["endpoints"] = bound
+    for name, url in bound.items():
+        asked = cfg.endpoints.get(name, "")
+        if asked.startswith("tcp://") and asked.rsplit(":", 1)[-1] in ("*", "0"):
+            status(f"evstream: {name} endpoint bound at {url}")
 
 
 def _wait_ready(link, state: _State, result, name: str, proc, timeout_s: float = 60.0) -> None:
@@ -382,6 +396,10 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
     def wire_n(key: str) -> int:
         return sum(int(s.get("wire", {}).get(key, 0)) for s in (worker, consumer))
 
+    # traffic a receiving stage dropped: the last reason (worker first, it is upstream)
+    last_wire_error = next((s["wire"]["last_error"] for s in (worker, consumer)
+                            if s.get("wire", {}).get("last_error")), "")
+
     out = {
         "events_in": c(src, "events_out"),
         "events_out": c(first, "events_in"),
@@ -402,7 +420,13 @@ def _summarise(final: dict, source_info: dict, ready: dict | None = None) -> dic
         "window_latency_ms": merge_latency(win, "window_ms"),
         # how tensors reached the consumer: "slots" (shared memory) or "zmq" (in the messages)
         "window_transport": win.get("transport", ""),
+        # what tcp peers sent that was not a message of ours (counted, dropped, and the
+        # stream went on): messages that broke the wire format (of which oversized), and
+        # connections refused at the handshake (not zmq, wrong socket type, CURVE refused)
         "malformed_messages": wire_n("malformed"),
+        "oversized_messages": wire_n("oversized"),
+        "rejected_peers": wire_n("rejected_peers"),
+        "last_wire_error": last_wire_error,
         "frames": c(consumer, "frames_in"),
         "imu": c(consumer, "imu_in"),
         "triggers": c(consumer, "triggers_in"),

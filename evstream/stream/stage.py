@@ -11,6 +11,11 @@ On leaving the block the process exits: 0 when the work finished or the launcher
 2 after a user error (`EvstreamError`, reported as one line), 1 after anything else (reported with
 its traceback). SIGINT is ignored in stages: Ctrl-C reaches the whole process group, and only the
 launcher decides how the pipeline stops (it sends `stop`, then terminates whatever lingers).
+
+A stage whose launcher dies (stream/lifeline.py: the process was started by `lifeline.stage_main`,
+which tied it to the launcher first) gets `LauncherGone` wherever it is; its `finally` blocks
+release what it holds, and it exits with lifeline.ORPHAN_EXIT_CODE, closing zmq without linger,
+reporting nothing and skipping the interpreter's teardown.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from evstream.errors import EvstreamError
 from evstream.stream.control import AFTER_DONE_NICE, StageLink, StopRequested
 from evstream.stream.curve import stop_authenticators
 from evstream.stream.heap import keep_heap
+from evstream.stream.lifeline import (ORPHAN_EXIT_CODE, LauncherGone, exit_orphan, leaving,
+                                      orphaned)
 
 
 @contextlib.contextmanager
@@ -42,6 +49,8 @@ def stage_context(endpoints: dict, stage: str):
         link.done()
     except StopRequested:
         link.done()
+    except LauncherGone:
+        code = ORPHAN_EXIT_CODE
     except EvstreamError as e:
         link.error(e, user=True)
         code = 2
@@ -49,11 +58,16 @@ def stage_context(endpoints: dict, stage: str):
         link.error(e, user=False)
         code = 1
     finally:
+        leaving()
+        if orphaned():
+            code = ORPHAN_EXIT_CODE
         link.close()
         # Terminate zmq before the interpreter frees memory: zmq's I/O thread may still be
         # sending zero-copy buffers, and freeing them under it aborts the process
         # ("Bad address (src/tcp.cpp:227)", libzmq 4.3 via pyzmq 27). destroy() closes what is
         # left open with a bounded linger, then waits for pending sends.
         stop_authenticators()
-        zmq.Context.instance().destroy(linger=2000)
+        zmq.Context.instance().destroy(linger=0 if orphaned() else 2000)
+        if orphaned():
+            exit_orphan()
     sys.exit(code)

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -407,7 +408,7 @@ def test_aedat4_copy_writes_dv_stores_without_conversion(realdata, tmp_path):
     assert dv_store_of(want[:10]) is None
 
 
-def test_writer_is_atomic(tmp_path):
+def test_writer_atomic_mode(tmp_path):
     out = tmp_path / "atomic.aedat4"
     ev = random_events(1000)
 
@@ -415,21 +416,86 @@ def test_writer_is_atomic(tmp_path):
         pass
 
     with pytest.raises(Boom):
-        with Aedat4Writer(out, width=346, height=260) as w:
+        with Aedat4Writer(out, width=346, height=260, atomic=True) as w:
             w.write_events(ev)
             assert os.path.exists(w.tmp_path)
             raise Boom
     assert list(tmp_path.iterdir()) == []
     # an existing target survives a failed write, and is replaced by a good one
     out.write_bytes(b"old")
-    w = Aedat4Writer(out, width=346, height=260)
+    w = Aedat4Writer(out, width=346, height=260, atomic=True)
     w.write_events(ev)
     w.abort()
     assert out.read_bytes() == b"old" and list(tmp_path.iterdir()) == [out]
-    with Aedat4Writer(out, width=346, height=260) as w:
+    with Aedat4Writer(out, width=346, height=260, atomic=True) as w:
         w.write_events(ev)
     assert list(tmp_path.iterdir()) == [out] and w.bytes == os.path.getsize(out)
     assert np.array_equal(dv_read_all(str(out))[2], ev)
+
+
+def test_streaming_writer_puts_events_on_disk_within_a_second(tmp_path):
+    """The default: the file is the target from the start, with the packet-table position -1
+    that lets dv read it unfinished; numpy events written and then left alone (no more writes,
+    no close) are readable by dv within about a second (the flusher thread), and an
+    exception inside the `with` finishes the file with what was written."""
+    out = tmp_path / "live.aedat4"
+    ev = random_events(3000, duration_us=300_000)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with Aedat4Writer(out, width=346, height=260) as w:
+            assert w.tmp_path is None and os.listdir(tmp_path) == ["live.aedat4"]
+            w.write_events(ev[:1000])
+            w.write_events(ev[1000:2000])
+            t0 = time.monotonic()
+            while True:            # poll what dv reads from the unfinished file
+                if os.path.getsize(out) > 1000 and \
+                        len(dv_read_all(str(out))[2]) == 2000:
+                    break
+                assert time.monotonic() - t0 < 5, "events not on disk after 5 s"
+                time.sleep(0.05)
+            waited = time.monotonic() - t0
+            assert read_layout(str(out)).table_pos == -1
+            w.write_events(ev[2000:])
+            raise Boom
+    assert waited < 1.5, waited
+    assert os.listdir(tmp_path) == ["live.aedat4"]
+    assert read_layout(str(out)).table_pos > 0          # finished: table and final header
+    assert np.array_equal(dv_read_all(str(out))[2], ev)
+    # abort() removes it; an existing file is replaced
+    w = Aedat4Writer(out, width=346, height=260)
+    w.write_events(ev)
+    w.abort()
+    assert os.listdir(tmp_path) == []
+    out.write_bytes(b"old")
+    with Aedat4Writer(out, width=346, height=260) as w:
+        w.write_events(ev[:10])
+    assert np.array_equal(dv_read_all(str(out))[2], ev[:10]) and w.bytes == out.stat().st_size
+
+
+def test_dv_writer_keeps_the_tail_in_its_stdio_buffer_and_spins_a_core(tmp_path):
+    """dv-processing 2.0.4's MonoCameraWriter on its own: a packet handed over stays in a
+    64 KiB C stdio buffer (not in the file) until more data fills it or the writer closes, which
+    is why the streaming writer calls fflush (sources/writer.py); and its write thread
+    busy-polls, using about a whole core while the writer is open and idle."""
+    import resource
+
+    out = tmp_path / "dv.aedat4"
+    cfg = dv.io.MonoCameraWriter.Config("cam", dv.CompressionType.LZ4)
+    cfg.addEventStream((346, 260))
+    w = dv.io.MonoCameraWriter(str(out), cfg)
+    w.writeEvents(numpy_to_store(random_events(100)))
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(1.0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    size_open = out.stat().st_size
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    del w
+    assert size_open < 1000 < out.stat().st_size       # the header only, until the close
+    assert len(dv_read_all(str(out))[2]) == 100
+    assert cpu > 0.3, cpu          # idle for 1 s, yet busy (a second core can be shared)
 
 
 def test_writer_errors(tmp_path):

@@ -4,14 +4,42 @@
         for pkt in source.packets():
             w.write(pkt)
 
-Contracts:
-- Atomic: everything goes to a hidden temp file beside the target (".NAME.evstream-XXXX.aedat4")
-  that is renamed onto the target only by a successful close(). An exception inside the `with`,
-  or abort(), removes the temp file: a half-written recording never appears under the target
-  name, and an existing file there is untouched until the rename.
+Two ways to write, chosen by `atomic`:
+- Streaming (the default; `evstream record`, `run --record`): the recording is written straight
+  to its name as it goes, so a SIGKILL, a crash or a power cut leaves a file that dv-processing
+  and evstream read up to about a second before it stopped. An existing file there is replaced
+  (the commands refuse one unless --force). close() finishes the file (packet table, header)
+  and fsyncs it; an exception inside the `with` does the same, so what was recorded is kept;
+  abort() removes the file.
+- Atomic (`atomic=True`; datasets, benchmarks): everything goes to a hidden temp file beside
+  the target (".NAME.evstream-XXXX.aedat4") that only a successful close() renames onto the
+  target. An exception inside the `with`, or abort(), removes the temp file: a half-written
+  file never appears under the target name, and an existing file there is untouched until the
+  rename.
+
+What dv-processing 2.0.4 puts on disk, and when (measured; tests/test_record.py and
+tests/test_aedat4.py hold it):
+- The header goes out when the writer is created, with the packet-table position -1; the table
+  and a second header write (with its position) only when the writer is destroyed. A file whose
+  header says -1 is read by dv (and by aedat4_check) by walking the packet headers, and a
+  packet cut short at the end of such a file is skipped: so a file killed mid-write is readable,
+  while a finished file cut short is not (its header points past the end; `evstream repair`).
+- Packets are compressed in the calling thread and queued to a write thread that busy-polls its
+  queue (it keeps one core at ~100% for as long as the writer is open, idle or not) and writes
+  through a C stdio FILE with a 64 KiB buffer, flushed only when full and at close. Nothing in
+  the Python binding flushes it: at 10 kev/s that buffer alone would hold the last second or
+  more of a recording.
+So in streaming mode a flusher thread, every SYNC_S, hands numpy events that have waited
+FLUSH_S to dv (when write() has not), calls libc's fflush(NULL) (glibc locks each stream, so
+this is safe beside dv's thread; dv's FILE is one of them) and fdatasync()s the file through a
+descriptor of our own. An event handed to write() reaches the disk within about
+FLUSH_S + SYNC_S (0.5 s) as long as dv's thread keeps up.
+
+Contracts (both ways):
 - Each stream must be written in time order (dv refuses otherwise; so do we, with a one-line
-  error). Streams are independent: events are buffered (FLUSH_EVENTS) and may land in the file
-  after frames/IMU/triggers of the same time, which AEDAT4 readers handle.
+  error). Streams are independent: events are buffered (FLUSH_EVENTS, or FLUSH_S of wall time
+  when streaming) and may land in the file after frames/IMU/triggers of the same time, which
+  AEDAT4 readers handle.
 - Frames/IMU/triggers are written only when the writer was created with frames/imu/triggers.
 - Errors are EvstreamError (one line, naming the file).
 
@@ -42,6 +70,8 @@ import os
 import secrets
 import struct
 import tempfile
+import threading
+import time
 import weakref
 from datetime import timedelta
 
@@ -51,6 +81,8 @@ from evstream.errors import EvstreamError
 from evstream.types import EVENT_DTYPE, Frame, Packet
 
 FLUSH_EVENTS = 1 << 18          # numpy events buffered before one conversion + write
+FLUSH_S = 0.25                  # streaming: numpy events wait at most this long (wall time)
+SYNC_S = 0.25                   # streaming: fflush + fdatasync this often
 SCRATCH_PACKET_EVENTS = 1 << 16  # events per EventPacket in the scratch file
 
 
@@ -76,11 +108,12 @@ def dv_store_of(events: np.ndarray):
 
 # -- numpy -> dv EventStores through an uncompressed AEDAT4 scratch file ---------------------
 
-def _io_header(xml: bytes) -> bytes:
-    """IOHeader flatbuffer: compression NONE, no packet table, the stream-list XML."""
+def io_header(xml: bytes, compression: int = 0, table_pos: int = -1) -> bytes:
+    """IOHeader flatbuffer: compression (0 NONE, 1 LZ4, ...), the packet table's position (-1:
+    none), the stream-list XML. Its size does not depend on table_pos."""
     out = bytearray(struct.pack("<I4s", 20, b"IOHE"))               # root table at 20
     out += struct.pack("<5H2x", 10, 20, 4, 12, 8)                    # vtable: 3 fields
-    out += struct.pack("<iiIq", 20 - 8, 0, 40 - 28, -1)              # table at 20, 8-aligned i64
+    out += struct.pack("<iiIq", 20 - 8, compression, 40 - 28, table_pos)  # 8-aligned i64
     out += struct.pack("<I", len(xml)) + xml + b"\0"                 # string at 40
     out += bytes(-len(out) % 8)
     return bytes(out)
@@ -134,7 +167,7 @@ class _ScratchConverter:
         fd, self.path = tempfile.mkstemp(prefix="evstream-scratch-", suffix=".aedat4")
         os.close(fd)
         xml = stream_xml([("events", "EVTS", (width, height))], "scratch", "NONE").encode()
-        header = _io_header(xml)
+        header = io_header(xml)
         self.header = b"#!AER-DAT4.0\r\n" + struct.pack("<i", len(header)) + header
 
     def stores(self, ev: np.ndarray):
@@ -183,10 +216,26 @@ def _us(td) -> int:
     return int(td / timedelta(microseconds=1)) if isinstance(td, timedelta) else int(td)
 
 
+_FFLUSH = None
+
+
+def _fflush_all() -> None:
+    """libc fflush(NULL): every C stdio output stream of this process, dv's FILE among them.
+    ctypes releases the GIL for the call."""
+    global _FFLUSH
+    if _FFLUSH is None:
+        import ctypes
+
+        fn = ctypes.CDLL(None).fflush
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+        _FFLUSH = fn
+    _FFLUSH(None)
+
+
 class Aedat4Writer:
     def __init__(self, path, *, width: int, height: int, camera: str = "evstream",
                  frames: bool = False, imu: bool = False, triggers: bool = False,
-                 frame_size: tuple[int, int] | None = None):
+                 frame_size: tuple[int, int] | None = None, atomic: bool = False):
         import dv_processing as dv
 
         self.path = os.fspath(path)
@@ -199,8 +248,13 @@ class Aedat4Writer:
             raise EvstreamError(f"{self.path}: folder {folder} does not exist")
         if os.path.isdir(self.path):
             raise EvstreamError(f"{self.path}: is a directory")
-        stem = os.path.basename(self.path)[:-len(".aedat4")]
-        self.tmp_path = os.path.join(folder, f".{stem}.evstream-{secrets.token_hex(4)}.aedat4")
+        self.atomic = bool(atomic)
+        self.tmp_path: str | None = None
+        if self.atomic:
+            stem = os.path.basename(self.path)[:-len(".aedat4")]
+            self.tmp_path = os.path.join(folder,
+                                         f".{stem}.evstream-{secrets.token_hex(4)}.aedat4")
+        self._target = self.tmp_path or self.path          # the file dv writes
         self.width, self.height, self.camera = int(width), int(height), camera
         self.frame_size = tuple(frame_size) if frame_size else (self.width, self.height)
         self.has = {"frames": frames, "imu": imu, "triggers": triggers}
@@ -218,13 +272,32 @@ class Aedat4Writer:
         self.bytes = 0
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
+        self._pending_since = 0.0
         self._last = {"events": None, "frames": None, "imu": None, "triggers": None}
         self._conv: _ScratchConverter | None = None
         self._closed = False
+        self._w = None
+        self._fd = -1                       # streaming: our descriptor, for fdatasync
+        self._lock = threading.Lock()       # streaming: write() vs the flusher thread
+        self._flusher: threading.Thread | None = None
+        self._stop_flusher = threading.Event()
+        self._flusher_error: BaseException | None = None
+        if not self.atomic:
+            try:   # our own descriptor: a clear error now, and fdatasync later
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            except OSError as e:
+                raise EvstreamError(f"{self.path}: cannot create ({e.strerror})") from None
         try:
-            self._w = dv.io.MonoCameraWriter(self.tmp_path, cfg)
+            self._w = dv.io.MonoCameraWriter(self._target, cfg)
         except Exception as e:  # noqa: BLE001
+            self._closed = True
+            self._close_fd()
+            self._remove(self._target)
             raise EvstreamError(f"{self.path}: cannot create ({_one_line(e)})") from None
+        if not self.atomic:
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                             name="aedat4-flush")
+            self._flusher.start()
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, packet: Packet) -> None:
@@ -244,14 +317,19 @@ class Aedat4Writer:
             raise TypeError(f"write_events needs EVENT_DTYPE events, not {ev.dtype}")
         self._in_order("events", int(ev["t"][0]), int(ev["t"][-1]))
         store = dv_store_of(ev)
-        if store is not None:
-            self._flush()
-            self._dv("events", self._w.writeEvents, store)
-        else:
-            self._pending.append(ev)
-            self._n_pending += len(ev)
-            if self._n_pending >= FLUSH_EVENTS:
+        with self._lock:
+            if store is not None:
                 self._flush()
+                self._dv("events", self._w.writeEvents, store)
+            else:
+                now = time.monotonic()
+                if not self._pending:
+                    self._pending_since = now
+                self._pending.append(ev)
+                self._n_pending += len(ev)
+                if self._n_pending >= FLUSH_EVENTS or \
+                        (not self.atomic and now - self._pending_since >= FLUSH_S):
+                    self._flush()
         self.counts["events"] += len(ev)
         if self.t_first_us is None:
             self.t_first_us = int(ev["t"][0])
@@ -267,7 +345,8 @@ class Aedat4Writer:
         image = np.ascontiguousarray(frame.image)
         dvf = dv.Frame(int(frame.t_us), int(frame.exposure_us), 0, 0, image,
                        dv.FrameSource.UNDEFINED)
-        self._dv("frames", self._w.writeFrame, dvf)
+        with self._lock:
+            self._dv("frames", self._w.writeFrame, dvf)
         self.counts["frames"] += 1
 
     def write_imu(self, imu: np.ndarray) -> None:
@@ -280,7 +359,8 @@ class Aedat4Writer:
         vec = dv.IMUPacket.ImuVector([
             dv.IMU(int(s["t"]), float(s["temperature"]), *map(float, s["accel"]),
                    *map(float, s["gyro"]), 0.0, 0.0, 0.0) for s in imu])
-        self._dv("imu", self._w.writeImuPacket, dv.IMUPacket(vec))
+        with self._lock:
+            self._dv("imu", self._w.writeImuPacket, dv.IMUPacket(vec))
         self.counts["imu"] += len(imu)
 
     def write_triggers(self, triggers: np.ndarray) -> None:
@@ -293,41 +373,54 @@ class Aedat4Writer:
         vec = dv.TriggerPacket.TriggersVector([
             dv.Trigger(int(t), dv.TriggerType(int(k))) for t, k in
             zip(triggers["t"].tolist(), triggers["type"].tolist())])
-        self._dv("triggers", self._w.writeTriggerPacket, dv.TriggerPacket(vec))
+        with self._lock:
+            self._dv("triggers", self._w.writeTriggerPacket, dv.TriggerPacket(vec))
         self.counts["triggers"] += len(triggers)
 
     # -- finishing -------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush, finalise and move the file into place. Safe to call twice."""
+        """Flush and finish the file (packet table, header); atomic: move it into place,
+        streaming: fsync it. Safe to call twice."""
         if self._closed:
             return
+        self._stop_flush_loop()
         try:
-            self._flush()
+            with self._lock:
+                self._flush()
         except BaseException:
-            self.abort()
+            if self.atomic:
+                self.abort()
+            else:          # keep what is on disk, finished
+                self._finish_streaming()
             raise
+        if not self.atomic:
+            self._finish_streaming()
+            return
         self._closed = True
         self._release()
         try:
             os.replace(self.tmp_path, self.path)
         except OSError as e:
-            self._remove_tmp()
+            self._remove(self.tmp_path)
             raise EvstreamError(f"{self.path}: cannot move the finished recording into place "
                                 f"({e.strerror})") from None
         self.bytes = os.path.getsize(self.path)
 
     def abort(self) -> None:
-        """Drop everything written so far; the target is left as it was."""
+        """Drop everything written so far: the file dv wrote is removed (atomic: the target is
+        left as it was)."""
         self._closed = True
+        self._stop_flush_loop()
         self._pending.clear()
         self._release()
-        self._remove_tmp()
+        self._close_fd()
+        self._remove(self._target)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
+        if exc_type is None or not self.atomic:
             self.close()
         else:
             self.abort()
@@ -335,6 +428,7 @@ class Aedat4Writer:
 
     # -- helpers ---------------------------------------------------------------------------
     def _flush(self) -> None:
+        """Hand the buffered numpy events to dv (the caller holds self._lock)."""
         if not self._pending:
             return
         ev = self._pending[0] if len(self._pending) == 1 else \
@@ -349,6 +443,49 @@ class Aedat4Writer:
             raise
         except Exception as e:  # noqa: BLE001 - the scratch round trip failing is a bug
             raise RuntimeError(f"numpy -> dv event conversion failed: {_one_line(e)}") from e
+
+    def _flush_loop(self) -> None:
+        """Streaming: every SYNC_S, events that waited FLUSH_S go to dv (when no write() came
+        to do it), then dv's stdio buffer goes to the kernel and the kernel's to the disk."""
+        synced_dir = False
+        while not self._stop_flusher.wait(SYNC_S):
+            try:
+                with self._lock:
+                    if self._pending and time.monotonic() - self._pending_since >= FLUSH_S:
+                        self._flush()
+                self._sync()
+                if not synced_dir:       # the new name survives a power cut too
+                    _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                    synced_dir = True
+            except BaseException as e:  # noqa: BLE001 - raised again by the next write()
+                self._flusher_error = e
+                return
+
+    def _sync(self) -> None:
+        _fflush_all()
+        if self._fd >= 0:
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                pass     # a file system without fdatasync: the data is in the kernel anyway
+
+    def _stop_flush_loop(self) -> None:
+        if self._flusher is not None:
+            self._stop_flusher.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join()
+            self._flusher = None
+
+    def _finish_streaming(self) -> None:
+        self._closed = True
+        self._release()               # dv writes the table and the final header, then fclose
+        if self._fd >= 0:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
+        self._close_fd()
+        self.bytes = os.path.getsize(self.path)
 
     def _dv(self, stream: str, fn, obj) -> None:
         try:
@@ -367,6 +504,9 @@ class Aedat4Writer:
     def _check_open(self) -> None:
         if self._closed:
             raise EvstreamError(f"{self.path}: writer is closed")
+        if self._flusher_error is not None:
+            e, self._flusher_error = self._flusher_error, None
+            raise e
 
     def _release(self) -> None:
         # dv finalises the file (packet table, header) when the writer object is destroyed
@@ -375,15 +515,41 @@ class Aedat4Writer:
             self._conv.close()
             self._conv = None
 
-    def _remove_tmp(self) -> None:
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @staticmethod
+    def _remove(path) -> None:
         try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
+            os.unlink(path)
+        except (FileNotFoundError, TypeError):
             pass
 
     def __del__(self):
-        if not getattr(self, "_closed", True):
+        if getattr(self, "_closed", True):
+            return
+        if self.atomic:
             self.abort()
+        else:            # a recording is never dropped by accident: finish what is there
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - nowhere to report it from __del__
+                pass
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _one_line(e: BaseException) -> str:

@@ -57,7 +57,7 @@ def make_events(n: int, width: int = WIDTH, height: int = HEIGHT, seed: int = 0)
 
 
 def write_aedat4(path, ev, width, height):
-    with Aedat4Writer(path, width=width, height=height, camera="bench") as w:
+    with Aedat4Writer(path, width=width, height=height, camera="bench", atomic=True) as w:
         for i in range(0, len(ev), 1 << 20):
             w.write_events(ev[i:i + (1 << 20)])
 

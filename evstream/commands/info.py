@@ -12,7 +12,10 @@ be read at all is a one-line error (exit 2).
 `--json` prints ONE object. Stable keys other tools rely on: camera, width, height, events,
 frames, imu, triggers, t_start_us, t_end_us (null when there are no events). Also: file, bytes,
 reader, resolution_note, streams, on, off, duration_s, mean_rate_hz, peak_rate_hz, peak_bin_us,
-dropped_out_of_order, dropped_outside_sensor, details (the source's describe()).
+dropped_out_of_order, dropped_outside_sensor, details (the source's describe(); for .aedat4 it
+says whether the file was finished, and how many bytes after its last complete packet were
+skipped when it was not: a recording killed midway is read as it is, up to its last complete
+packet).
 """
 
 from __future__ import annotations
@@ -160,6 +163,13 @@ def format_info(d: dict) -> str:
             ("rate", f"mean {_rate(d['mean_rate_hz'])}, peak {_rate(d['peak_rate_hz'])} "
                      f"({d['peak_bin_us'] // 1000} ms bins)"),
         ]
+    det = d.get("details") or {}
+    if det.get("finished") is False:      # an .aedat4 without a packet table
+        tail = det.get("tail_bytes", 0)
+        lines.append(("recording", "not finished (no packet table: stopped by a crash or still "
+                                   "being written)" + (f"; the last {tail:,} bytes are not a "
+                                                       f"complete packet and were skipped"
+                                                       if tail else "")))
     bad = d["dropped_out_of_order"], d["dropped_outside_sensor"]
     lines.append(("anomalies", "none" if not any(bad) else
                   f"{bad[0]:,} events out of time order and {bad[1]:,} outside the sensor "

@@ -10,10 +10,13 @@ process.
 Contract:
 - `read_layout(path) -> Layout` parses the file header, the stream list (XML) and the
   FileDataTable (where every packet is; LZ4-decompressed here), or, for a recording that was
-  never closed (no table), walks the 8-byte packet headers the way dv does and keeps the
-  complete packets. A ZSTD-compressed table is not read (no decoder here): the packet list
-  stays empty. Anything broken is a one-line SourceError naming the
-  file and the byte offset. The file is only read, never changed.
+  never closed (no table: killed while recording), walks the 8-byte packet headers the way dv
+  does and keeps the complete packets (`tail_bytes`: what is left after them, e.g. a packet cut
+  short). A ZSTD-compressed table is not read (no decoder here): the packet list
+  stays empty. Anything broken is a one-line SourceError naming the file and the byte offset,
+  and `evstream repair` where it recovers the intact packets (`repair_hint`; a finished file
+  cut short, a damaged packet or table). `read_header(path)` is the header and stream list
+  alone (what aedat4_repair starts from). The file is only read, never changed.
 - `PacketChecker(path, layout, background)` runs one numba pass over the packets in file order
   (`_check_packets`, GIL released): each packet's LZ4 frame is walked by lz4_check (frame
   header and its checksum, block sizes, every sequence's literal and match lengths and match
@@ -69,6 +72,8 @@ class Layout:
     data_start: int
     file_size: int
     streams: dict[int, StreamInfo]
+    info_xml: str = ""                  # the stream list as the header holds it
+    tail_bytes: int = 0                 # no table: bytes after the last complete packet
     # packets in file order: payload offset, payload size, stream id
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -109,8 +114,42 @@ class _Buf:
         return p + self.get("I", p)
 
 
+def repair_hint(path: str, what: str) -> str:
+    """The end of a one-line error about a damaged file: the command that recovers from it."""
+    return f"; `evstream repair {path} OUT.aedat4` {what}"
+
+
 def read_layout(path: str) -> Layout:
-    """Parse the header, the stream list and the packet table; SourceError if they are broken."""
+    """Parse the header, the stream list and the packet table; SourceError if they are broken
+    (naming `evstream repair` where it helps)."""
+    lay = read_header(path)
+    size, table_pos = lay.file_size, lay.table_pos
+    if table_pos >= 0 and not lay.data_start <= table_pos < size:
+        if table_pos >= size:
+            with open(path, "rb") as f:
+                _packets_from_headers(f, lay)
+            n = len(lay.offsets)
+            end = int(lay.offsets[-1] + lay.sizes[-1]) if n else lay.data_start
+            where = f"inside packet {n} (it starts at byte {end})" if end < size else \
+                "after a complete packet"
+            raise SourceError(f"{path}: truncated: the file ends at byte {size}, {where}, "
+                              f"and its packet table (at byte {table_pos}) is gone"
+                              + repair_hint(path, f"recovers the {n} complete packets "
+                                                  f"before the cut"))
+        raise SourceError(f"{path}: corrupt file header: the packet table should be at byte "
+                          f"{table_pos}, before the first packet (byte {lay.data_start})"
+                          + repair_hint(path, "recovers the packets"))
+    with open(path, "rb") as f:
+        if table_pos >= 0:
+            _packets_from_table(path, f, lay)
+        else:
+            _packets_from_headers(f, lay)
+    return lay
+
+
+def read_header(path: str) -> Layout:
+    """The file header and stream list only (no packets; the table position as it says);
+    SourceError if they are broken."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(18)
@@ -134,17 +173,7 @@ def read_layout(path: str) -> Layout:
         raise SourceError(f"{path}: corrupt file header ({e})") from None
     if compression not in COMPRESSION:
         raise SourceError(f"{path}: corrupt file header (unknown compression {compression})")
-    data_start = 18 + hsize
-    if table_pos >= 0 and not data_start <= table_pos < size:
-        raise SourceError(f"{path}: truncated or corrupt: the packet table should be at byte "
-                          f"{table_pos} but the file has {size} bytes")
-    lay = Layout(compression, table_pos, data_start, size, _streams(path, xml))
-    with open(path, "rb") as f:
-        if table_pos >= 0:
-            _packets_from_table(path, f, lay)
-        else:
-            _packets_from_headers(f, lay)
-    return lay
+    return Layout(compression, table_pos, 18 + hsize, size, _streams(path, xml), xml)
 
 
 def _streams(path: str, xml: str) -> dict[int, StreamInfo]:
@@ -182,7 +211,8 @@ def _packets_from_table(path: str, f, lay: Layout) -> None:
         n = _lz4_frame(src, 0, len(src), np.zeros(0, np.uint8))
         if n < 0:
             raise SourceError(f"{path}: truncated or corrupt: {where} does not decompress "
-                              f"({LZ4_ERRORS.get(n, n)})")
+                              f"({LZ4_ERRORS.get(n, n)})"
+                              + repair_hint(path, "rebuilds it from the packets"))
         out = np.zeros(n, np.uint8)
         _lz4_frame(src, 0, len(src), out)
         raw = out.tobytes()
@@ -205,20 +235,23 @@ def _packets_from_table(path: str, f, lay: Layout) -> None:
                 else (0, 0)
             rows.append((offset, psize, sid))
     except ValueError as e:
-        raise SourceError(f"{path}: truncated or corrupt: {where} is damaged ({e})") from None
+        raise SourceError(f"{path}: truncated or corrupt: {where} is damaged ({e})"
+                          + repair_hint(path, "rebuilds it from the packets")) from None
     rows.sort()
     prev_end = lay.data_start
     for k, (offset, psize, sid) in enumerate(rows):
         if offset - 8 < prev_end or psize < 0 or offset + psize > lay.table_pos:
             raise SourceError(f"{path}: corrupt: {where} places packet {k} at bytes "
-                              f"{offset}..{offset + psize}, outside the data")
+                              f"{offset}..{offset + psize}, outside the data"
+                              + repair_hint(path, "rebuilds it from the packets"))
         prev_end = offset + psize
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
     lay.offsets, lay.sizes, lay.stream_ids = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
 
 
 def _packets_from_headers(f, lay: Layout) -> None:
-    """No packet table (never closed): walk the 8-byte headers, keeping complete packets."""
+    """No packet table (never closed): walk the 8-byte headers, keeping complete packets (the
+    walk stops at the first header that is cut short or cannot be one: `tail_bytes`)."""
     rows = []
     pos = lay.data_start
     while pos + 8 <= lay.file_size:
@@ -228,6 +261,7 @@ def _packets_from_headers(f, lay: Layout) -> None:
             break
         rows.append((pos + 8, psize, sid))
         pos += 8 + psize
+    lay.tail_bytes = lay.file_size - pos
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
     lay.offsets, lay.sizes, lay.stream_ids = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
 
@@ -440,7 +474,8 @@ class PacketChecker:
         what = "its contents are damaged (bad type tag or offsets)" if code == _FB_ERROR else \
             LZ4_ERRORS.get(code, f"error {code}")
         raise SourceError(f"{self.path}: corrupt packet {k} ({name}) at byte "
-                          f"{int(lay.offsets[k]) - 8}: {what}")
+                          f"{int(lay.offsets[k]) - 8}: {what}"
+                          + repair_hint(self.path, "keeps every intact packet"))
 
     def close(self) -> None:
         self.stop[0] = 1

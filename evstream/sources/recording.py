@@ -217,7 +217,8 @@ class Aedat4Source(EventSource):
     def describe(self) -> dict:
         d = super().describe()
         d.update(streams=list(self.streams), compression=self.compression,
-                 time_range_us=list(self.time_range_us))
+                 time_range_us=list(self.time_range_us),
+                 finished=self.layout.table_pos >= 0, tail_bytes=self.layout.tail_bytes)
         return d
 
 

@@ -86,36 +86,76 @@ def test_record_other_formats(realdata, tmp_path, capsys):
     assert everything(out)[0][1:] == (640, 480)
 
 
-def test_record_error_midway_leaves_nothing(realdata, tmp_path):
-    """A file damaged after its first packets: exit 2, one line, no output, no temp file."""
+def _damaged_copy(src, folder, packet):
     from evstream.sources.recording import read_layout
 
-    src = realdata / "aedat4" / DAVIS
     lay = read_layout(str(src))
     data = bytearray(src.read_bytes())
-    data[int(lay.offsets[30]) + 12] ^= 0xFF
-    bad = tmp_path / "in" / "damaged.aedat4"
-    bad.parent.mkdir()
+    data[int(lay.offsets[packet]) + 12] ^= 0xFF       # inside the LZ4 frame header
+    folder.mkdir()
+    bad = folder / "damaged.aedat4"
     bad.write_bytes(bytes(data))
+    return bad
+
+
+def test_record_error_midway_keeps_what_was_recorded(realdata, tmp_path):
+    """A file damaged after its first packets: exit 2, one line that says what OUT keeps (and
+    that `evstream repair` exists); OUT is a finished file holding exactly those events. The
+    old contract (an error leaves no OUT) went with the streaming writer: a recording keeps
+    what it got, as it does after a crash."""
+    src = realdata / "aedat4" / DAVIS
+    bad = _damaged_copy(src, tmp_path / "in", 30)
     outdir = tmp_path / "out"
     outdir.mkdir()
     r = evstream("record", outdir / "rec.aedat4", bad)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr and "corrupt packet 30" in r.stderr
+    assert "evstream repair" in r.stderr and "keeps what was recorded before" in r.stderr
+    n = int(r.stderr.split("recorded before: ")[1].split(" events")[0].replace(",", ""))
+    assert os.listdir(outdir) == ["rec.aedat4"]
+    from evstream.sources.recording import read_layout
+
+    assert read_layout(str(outdir / "rec.aedat4")).table_pos > 0      # finished
+    got = everything(outdir / "rec.aedat4")[1]
+    assert 0 < n == len(got) and np.array_equal(got, everything(src)[1][:n])
+
+
+def test_record_error_before_any_event_leaves_no_file(realdata, tmp_path):
+    src = realdata / "aedat4" / DAVIS
+    bad = _damaged_copy(src, tmp_path / "in", 1)        # packet 1 is the first events packet
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    r = evstream("record", outdir / "rec.aedat4", bad)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "corrupt packet 1 " in r.stderr and "keeps" not in r.stderr.split("`")[0]
     assert os.listdir(outdir) == []
 
 
-def test_record_refuses_bad_outputs(realdata, tmp_path):
+def test_record_refuses_bad_outputs(realdata, tmp_path, capsys):
     src = tmp_path / "copy.aedat4"
     src.write_bytes((realdata / "aedat4" / DAVIS).read_bytes())
+    (tmp_path / "old.aedat4").write_bytes(b"old")
     for args, needle in (((src, src), "is the input"),
+                         ((src, src, "--force"), "is the input"),
                          ((tmp_path / "out.raw", src), "must end in .aedat4"),
                          ((tmp_path / "out.aedat4", tmp_path / "nope.aedat4"), "no such file"),
-                         ((tmp_path / "out.aedat4",), "no source given")):
-        r = evstream("record", *args)
-        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
-        assert needle in r.stderr and "Traceback" not in r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["copy.aedat4"]
+                         ((tmp_path / "out.aedat4",), "no source given"),
+                         ((tmp_path / "old.aedat4", src), "exists; give --force"),
+                         ((tmp_path / "no" / "out.aedat4", src), "does not exist"),
+                         ((tmp_path / ("x" * 300 + ".aedat4"), src),
+                          "cannot create (File name too long)")):
+        code, _, err = run_cli(capsys, "record", *args)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert needle in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["copy.aedat4", "old.aedat4"]
+    assert (tmp_path / "old.aedat4").read_bytes() == b"old"
+    code, _, err = run_cli(capsys, "record", tmp_path / "old.aedat4", src, "--force")
+    assert code == 0, err
+    assert len(everything(tmp_path / "old.aedat4")[1]) == 117_667
+    # run --record checks the same before it starts anything
+    code, _, err = run_cli(capsys, "run", src, "--record", tmp_path / "old.aedat4",
+                           "--no-model", "--no-viewer")
+    assert code == 2 and "exists; give --force" in err, err
 
 
 def test_record_sigint_finalises_a_readable_file(tmp_path):
@@ -126,9 +166,8 @@ def test_record_sigint_finalises_a_readable_file(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
-        while True:   # handshake: the writer's temp file exists and holds event packets
-            tmp = [p for p in tmp_path.iterdir() if p.name.startswith(".live.evstream-")]
-            if tmp and tmp[0].stat().st_size > 100_000:
+        while True:   # handshake: OUT holds event packets
+            if out.exists() and out.stat().st_size > 100_000:
                 break
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "recording never started"
@@ -145,3 +184,106 @@ def test_record_sigint_finalises_a_readable_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["live.aedat4"]
     _, ev, *_ = everything(out)
     assert len(ev) == summary["events"] and np.all(np.diff(ev["t"]) >= 0)
+    from evstream.sources.recording import read_layout
+
+    assert read_layout(str(out)).table_pos > 0       # a clean stop finishes the file
+
+
+# -- crash safety: a real SIGKILL -------------------------------------------------------------
+
+LIVE = "synthetic:?rate=200000&seed=3"      # live: paced by the wall clock, deterministic
+
+
+def dv_events(path):
+    """The events dv-processing itself reads from path (unfinished files included)."""
+    import dv_processing as dv
+
+    rec = dv.io.MonoCameraRecording(str(path))
+    parts = []
+    while (s := rec.getNextEventBatch()) is not None:
+        if len(s):
+            parts.append(s.numpy().view(EVENT_DTYPE).copy())
+    return np.concatenate(parts, dtype=EVENT_DTYPE) if parts else np.zeros(0, EVENT_DTYPE)
+
+
+def expected_live_events(t_end_us):
+    """LIVE's events up to t_end_us, generated again (the source is deterministic)."""
+    from evstream.sources.synthetic import open_synthetic
+
+    src = open_synthetic(LIVE)
+    parts, k = [], 0
+    while True:
+        ev = src.packet(k).events
+        parts.append(ev)
+        k += 1
+        if len(ev) and ev["t"][-1] >= t_end_us:
+            break
+    return np.concatenate(parts, dtype=EVENT_DTYPE)
+
+
+def _seen_after(path, proc, t_us, timeout_s=60):
+    """Wait until dv reads events up to t_us from the file being written; -> the last time
+    stamp it read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists() and path.stat().st_size > 1000:
+            ev = dv_events(path)
+            if len(ev) and ev["t"][-1] >= t_us:
+                return int(ev["t"][-1])
+        assert time.monotonic() < deadline, "recording never got going"
+        time.sleep(0.1)
+
+
+def _check_killed_recording(out, t_seen):
+    """OUT after a SIGKILL 2 s after dv read events up to t_seen from it: dv and `evstream
+    info` read it; it holds LIVE's events exactly, up to at least t_seen + 1 s (the
+    recorder puts events on disk within about a second)."""
+    got = dv_events(out)
+    want = expected_live_events(int(got["t"][-1]) + 1)
+    assert np.array_equal(got, want[:len(got)])
+    print(f"dv read up to {t_seen} us 2 s before the kill; the file ends at "
+          f"{int(got['t'][-1])} us")
+    assert int(got["t"][-1]) >= t_seen + 1_000_000, (t_seen, int(got["t"][-1]))
+    r = evstream("info", out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["events"] == len(got)
+    return got
+
+
+def test_record_killed_with_sigkill_leaves_a_readable_file(tmp_path):
+    out = tmp_path / "live.aedat4"
+    proc = subprocess.Popen([sys.executable, "-m", "evstream", "record", str(out), LIVE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        t_seen = _seen_after(out, proc, 500_000)
+        time.sleep(2.0)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert os.listdir(tmp_path) == ["live.aedat4"]        # no hidden temp file left behind
+    _check_killed_recording(out, t_seen)
+
+
+def test_run_record_killed_with_sigkill_leaves_a_readable_file(tmp_path):
+    """`run --record`: the launcher and its stages all killed at once (their process group)."""
+    out = tmp_path / "run.aedat4"
+    proc = subprocess.Popen([sys.executable, "-m", "evstream", "run", LIVE, "--record", str(out),
+                             "--no-model", "--no-viewer", "--status-every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        t_seen = _seen_after(out, proc, 500_000)
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert os.listdir(tmp_path) == ["run.aedat4"]
+    _check_killed_recording(out, t_seen)

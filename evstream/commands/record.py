@@ -8,14 +8,21 @@
   t < first + S), after --max-events N (exactly N), on Ctrl-C or SIGTERM. The first signal
   finishes the packet in hand and closes the file; a second one interrupts a source that is
   blocked waiting for data. Either way the file is finalised and the exit code is 0.
-- The file is written atomically (see sources.writer): an error leaves neither OUT nor a temp
-  file. Errors are one line, exit 2. OUT must end in .aedat4 and must not be the input.
+- OUT is written as the recording goes (sources.writer, streaming): killed by SIGKILL, a crash
+  or a power cut, it holds everything recorded up to about a second before, and dv-processing
+  and `evstream info` read it (a finished file, cut short later, needs `evstream repair`).
+  An error after recording started (a damaged input, a disk that filled up) finishes OUT with
+  what was recorded and says so in its one line; an error before anything was recorded leaves
+  no OUT. Errors are one line, exit 2.
+- OUT must end in .aedat4 and must not be the input; an existing OUT is refused unless --force
+  (it is then replaced as soon as recording starts, not when it ends).
 - A tqdm progress bar goes to stderr when it is a terminal; `--json` prints one summary object
   (events, frames, imu, triggers, t_start_us, t_end_us, bytes, wall_s, ...) on stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +38,10 @@ from evstream.types import Packet
 HELP = "record any source (camera, network, file, synthetic) to .aedat4"
 EXAMPLES = """  evstream record out.aedat4 --camera davis346 --duration 10
   evstream record out.aedat4 tcp://127.0.0.1:7777 --max-events 5000000
-  evstream record out.aedat4 in.raw --json          # convert a file"""
+  evstream record out.aedat4 in.raw --json          # convert a file
+  evstream record out.aedat4 --camera davis346 --force   # replace an existing out.aedat4
+  # killed midway? out.aedat4 is readable as it is; a finished file cut short later:
+  evstream repair cut.aedat4 fixed.aedat4"""
 
 PEEK_PACKETS = 64
 PEEK_US = 500_000
@@ -46,6 +56,7 @@ def configure(p) -> None:
     p.add_argument("--duration", type=float, metavar="S",
                    help="stop after S seconds of source time")
     p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
 
 
@@ -75,11 +86,17 @@ class _Stop:
         return False
 
 
-def _check_paths(out: str, spec: str) -> None:
+def check_output(out: str, spec: str | None, force: bool, flag: str = "--force") -> None:
+    """OUT.aedat4 may be written: the name, not the input, not a folder, not an existing file
+    unless forced (`run --record` checks the same)."""
     if not out.lower().endswith(".aedat4"):
         raise EvstreamError(f"{out}: the output must end in .aedat4")
-    if os.path.exists(spec) and os.path.exists(out) and os.path.samefile(spec, out):
+    if spec and os.path.exists(spec) and os.path.exists(out) and os.path.samefile(spec, out):
         raise EvstreamError(f"{out}: is the input; record into another file")
+    if os.path.isdir(out):
+        raise EvstreamError(f"{out}: is a folder")
+    if os.path.lexists(out) and not force:
+        raise EvstreamError(f"{out}: exists; give {flag} to replace it")
 
 
 def _declared_streams(src) -> set[str] | None:
@@ -149,30 +166,41 @@ def record(src, out: str, *, duration_s: float | None = None, max_events: int | 
         bar = tqdm(unit="ev", unit_scale=True, desc=os.path.basename(out), file=sys.stderr)
     interrupted = False
     t_limit = None
-    with writer:
-        try:
-            def stream():
-                yield from ahead
-                yield from packets
+    try:
+        with writer:      # an exception finishes OUT with what was written (streaming writer)
+            try:
+                def stream():
+                    yield from ahead
+                    yield from packets
 
-            for pkt in stream():
-                if t_limit is None and duration_s is not None and len(pkt.events):
-                    t_limit = int(pkt.events["t"][0]) + int(round(duration_s * 1e6))
-                n_left = None if max_events is None else max_events - writer.counts["events"]
-                pkt, done = _cut(pkt, t_limit, n_left)
-                writer.write(pkt)
+                for pkt in stream():
+                    if t_limit is None and duration_s is not None and len(pkt.events):
+                        t_limit = int(pkt.events["t"][0]) + int(round(duration_s * 1e6))
+                    n_left = None if max_events is None else \
+                        max_events - writer.counts["events"]
+                    pkt, done = _cut(pkt, t_limit, n_left)
+                    writer.write(pkt)
+                    if bar is not None:
+                        bar.update(len(pkt.events))
+                    if done:
+                        break
+                    if stop is not None and stop.requested:
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
                 if bar is not None:
-                    bar.update(len(pkt.events))
-                if done:
-                    break
-                if stop is not None and stop.requested:
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
+    except EvstreamError as e:
+        kept = writer.counts
+        if not any(kept.values()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+            raise
+        raise EvstreamError(f"{e} ({out} keeps what was recorded before: {kept['events']:,} "
+                            f"events, {kept['frames']} frames, {kept['imu']} IMU samples, "
+                            f"{kept['triggers']} triggers)") from None
     return {
         "out": out,
         "source": src.name,
@@ -200,7 +228,7 @@ def main(args) -> int:
         args.source = args.source_flag
     spec = source_spec(args)
     out = args.out
-    _check_paths(out, spec)
+    check_output(out, spec, args.force)
     if args.duration is not None and not args.duration > 0:
         raise EvstreamError(f"--duration must be > 0 seconds, not {args.duration}")
     if args.max_events is not None and args.max_events <= 0:

@@ -29,7 +29,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_source_args(p)
     add_pipeline_args(p)
     p.add_argument("--record", metavar="OUT.aedat4",
-                   help="also record everything the camera sends (written atomically)")
+                   help="also record everything the camera sends (written as it goes: a crash "
+                        "leaves it readable up to about a second before)")
+    p.add_argument("--force", action="store_true",
+                   help="with --record: replace an existing OUT.aedat4")
 
 
 def main(args) -> int:
@@ -39,4 +42,8 @@ def main(args) -> int:
     if args.record and not str(args.record).endswith(".aedat4"):
         raise EvstreamError(f"--record {args.record}: recordings are written as .aedat4")
     spec = source_spec(args) if local_source else None
+    if args.record and local_source:
+        from evstream.commands.record import check_output
+
+        check_output(str(args.record), spec, args.force)
     return run_and_report(pipeline_config(args, spec, live=True), args)

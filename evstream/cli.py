@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "  evstream record out.aedat4 --camera davis346 --duration 10\n"
                "  evstream record out.aedat4 --source tcp://127.0.0.1:7777\n"
                "  evstream record out.aedat4 --source in.raw          # convert a file"),
+    "repair": ("recover every intact packet of a damaged or truncated .aedat4 into a new file",
+               "  evstream repair cut.aedat4 fixed.aedat4\n"
+               "  evstream repair damaged.aedat4 fixed.aedat4 --json"),
     "info": ("describe a recording: camera, resolution, streams, counts, rates, anomalies",
              "  evstream info file.aedat4\n"
              "  evstream info file.raw --json\n"

@@ -17,6 +17,7 @@ import sys
 
 from evstream import __version__
 from evstream.errors import EvstreamError, NotBuiltError
+from evstream.outpaths import USER_ERRNOS, reason
 
 # name -> (one-line help, examples) for every subcommand, built or not.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -122,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BrokenPipeError:  # `evstream info ... | head`
         return 0
+    except OSError as e:
+        # a path the user gave that cannot be written or read (no folder, no permission, disk
+        # full) and that no command turned into its own line: still one line, exit 2
+        if e.errno not in USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"evstream {args.command}: error: {where}{reason(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -173,3 +173,23 @@ def test_viewer_outputs_on_a_full_disk(tmp_path, realdata, out):
                          "--lossless", "--speed", "max").replace("TARGET", target)
     r, _ = on_full_disk(tmp_path, line, size="1m", timeout=180)
     one_line_error(r, "disk full")
+
+
+@needs_mount
+def test_record_to_a_full_disk_keeps_what_it_recorded(tmp_path):
+    """dv-processing 2.0.4 would abort on the failed write: the writer stops first, with room
+    left to finish the file, which dv then reads."""
+    line = (evstream_line("record", "OUT", "--source", "synthetic:?rate=5000000&duration=20")
+            .replace("OUT", "$FULL/x.aedat4")
+            + "; rc=$?; cp $FULL/x.aedat4 " + shlex.quote(str(tmp_path / "kept.aedat4"))
+            + "; exit $rc")
+    r, _ = on_full_disk(tmp_path, line, size="24m")
+    err = one_line_error(r, "disk full", "recording stopped", "keeps what was recorded")
+    import dv_processing as dv
+    rec = dv.io.MonoCameraRecording(str(tmp_path / "kept.aedat4"))
+    n = 0
+    while rec.isRunning():
+        batch = rec.getNextEventBatch()
+        if batch is not None:
+            n += len(batch)
+    assert n > 0 and f"{n:,} events" in err, (n, err)

@@ -193,7 +193,7 @@ def record(src, out: str, *, duration_s: float | None = None, max_events: int | 
                 if bar is not None:
                     bar.close()
     except EvstreamError as e:
-        kept = writer.counts
+        kept = writer.written           # what reached dv (a failed write took none of its events)
         if not any(kept.values()):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)

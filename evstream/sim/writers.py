@@ -18,9 +18,9 @@ events), so nothing here holds a whole sequence in memory:
   frames.npz, plus labels.npz (t_us, labels) when asked. `abort()` drops what was written.
 Event times must fit uint32 microseconds in the h5 variant (71 minutes).
 
-Full disk: dv-processing 2.0.4's writer aborts the whole process when a write fails, and h5py
-crashes at exit after a failed write, so `SequenceWriter` checks the free space before each
-write (`ROOM_BYTES`, or four times what the last write took if more) and stops with a one-line
+Full disk: dv-processing 2.0.4's writer aborts the whole process when a write fails (the
+Aedat4Writer checks first), and h5py crashes at exit after a failed write, so `SequenceWriter`
+checks the free space before each write (`ROOM_BYTES`, or four times what the last write took if more) and stops with a one-line
 error while it still can.
 """
 
@@ -190,7 +190,7 @@ class SequenceWriter:
             if fmt == "aedat4":
                 self._aedat = Aedat4Writer(os.path.join(self.folder, "events.aedat4"),
                                            width=width, height=height, camera="evstream-synth",
-                                           frames=True)
+                                           frames=True, atomic=True)
                 self._parts.append(self._aedat)
                 self._h5 = self._frames = None
             elif fmt == "h5":

@@ -56,6 +56,10 @@ small uncompressed AEDAT4 scratch file that dv's reader turns back into native E
 (`_ScratchConverter`); dv's LZ4 writer is then the bottleneck. Events that came from a dv
 source keep their EventStore (remember_dv_store / dv_store_of) and are written as they are.
 
+A full disk: dv 2.0.4's write thread calls std::terminate when a write fails, which kills the
+process with nothing said; so every write first checks that ROOM_BYTES stay free (`_room`) and
+otherwise stops with a one-line error, leaving a recording that ends there.
+
 dv 2.0.4 bugs worked around here (each shown by a test in tests/test_aedat4.py):
 - writeEvents(store) of a sliced EventStore (slice/sliceTime) writes the whole underlying
   packet, not the slice: only whole stores are ever passed to it (remember_dv_store takes
@@ -78,8 +82,11 @@ from datetime import timedelta
 import numpy as np
 
 from evstream.errors import EvstreamError
+from evstream.outpaths import free_bytes
 from evstream.types import EVENT_DTYPE, Frame, Packet
 
+ROOM_BYTES = 16 << 20           # free space a recording leaves: dv aborts on a failed write
+ROOM_CHECK_S = 0.05             # at most this often while more than 4 x ROOM_BYTES are free
 FLUSH_EVENTS = 1 << 18          # numpy events buffered before one conversion + write
 FLUSH_S = 0.25                  # streaming: numpy events wait at most this long (wall time)
 SYNC_S = 0.25                   # streaming: fflush + fdatasync this often
@@ -266,7 +273,8 @@ class Aedat4Writer:
             cfg.addImuStream()
         if triggers:
             cfg.addTriggerStream()
-        self.counts = {"events": 0, "frames": 0, "imu": 0, "triggers": 0}
+        self.counts = {"events": 0, "frames": 0, "imu": 0, "triggers": 0}   # given to write()
+        self.written = dict(self.counts)    # handed to dv: what the file holds once finished
         self.t_first_us: int | None = None
         self.t_last_us: int | None = None
         self.bytes = 0
@@ -279,6 +287,7 @@ class Aedat4Writer:
         self._w = None
         self._fd = -1                       # streaming: our descriptor, for fdatasync
         self._lock = threading.Lock()       # streaming: write() vs the flusher thread
+        self._room_t, self._room_free = -1e9, 0     # the last free-space look-up (_room)
         self._flusher: threading.Thread | None = None
         self._stop_flusher = threading.Event()
         self._flusher_error: BaseException | None = None
@@ -320,7 +329,7 @@ class Aedat4Writer:
         with self._lock:
             if store is not None:
                 self._flush()
-                self._dv("events", self._w.writeEvents, store)
+                self._dv("events", self._w.writeEvents, store, len(store))
             else:
                 now = time.monotonic()
                 if not self._pending:
@@ -346,7 +355,7 @@ class Aedat4Writer:
         dvf = dv.Frame(int(frame.t_us), int(frame.exposure_us), 0, 0, image,
                        dv.FrameSource.UNDEFINED)
         with self._lock:
-            self._dv("frames", self._w.writeFrame, dvf)
+            self._dv("frames", self._w.writeFrame, dvf, 1)
         self.counts["frames"] += 1
 
     def write_imu(self, imu: np.ndarray) -> None:
@@ -360,7 +369,7 @@ class Aedat4Writer:
             dv.IMU(int(s["t"]), float(s["temperature"]), *map(float, s["accel"]),
                    *map(float, s["gyro"]), 0.0, 0.0, 0.0) for s in imu])
         with self._lock:
-            self._dv("imu", self._w.writeImuPacket, dv.IMUPacket(vec))
+            self._dv("imu", self._w.writeImuPacket, dv.IMUPacket(vec), len(imu))
         self.counts["imu"] += len(imu)
 
     def write_triggers(self, triggers: np.ndarray) -> None:
@@ -374,7 +383,7 @@ class Aedat4Writer:
             dv.Trigger(int(t), dv.TriggerType(int(k))) for t, k in
             zip(triggers["t"].tolist(), triggers["type"].tolist())])
         with self._lock:
-            self._dv("triggers", self._w.writeTriggerPacket, dv.TriggerPacket(vec))
+            self._dv("triggers", self._w.writeTriggerPacket, dv.TriggerPacket(vec), len(triggers))
         self.counts["triggers"] += len(triggers)
 
     # -- finishing -------------------------------------------------------------------------
@@ -438,7 +447,7 @@ class Aedat4Writer:
             self._conv = _ScratchConverter(self.width, self.height)
         try:
             for store in self._conv.stores(ev):
-                self._dv("events", self._w.writeEvents, store)
+                self._dv("events", self._w.writeEvents, store, len(store))
         except EvstreamError:
             raise
         except Exception as e:  # noqa: BLE001 - the scratch round trip failing is a bug
@@ -487,12 +496,26 @@ class Aedat4Writer:
         self._close_fd()
         self.bytes = os.path.getsize(self.path)
 
-    def _dv(self, stream: str, fn, obj) -> None:
+    def _room(self) -> None:
+        """Stop with a one-line error before the disk is full: dv 2.0.4's write thread calls
+        std::terminate when a write fails (the process aborts, nothing is reported). The free
+        space is looked up at most every ROOM_CHECK_S while there is plenty of it."""
+        now = time.monotonic()
+        if now - self._room_t < ROOM_CHECK_S and self._room_free >= 4 * ROOM_BYTES:
+            return
+        self._room_t, self._room_free = now, free_bytes(self._target)
+        if self._room_free < ROOM_BYTES:
+            raise EvstreamError(f"{self.path}: disk full ({self._room_free} bytes left, "
+                                f"{ROOM_BYTES} kept free): recording stopped")
+
+    def _dv(self, stream: str, fn, obj, n: int) -> None:
+        self._room()
         try:
             fn(obj)
         except Exception as e:  # noqa: BLE001
             raise EvstreamError(f"{self.path}: writing {stream} failed "
                                 f"({_one_line(e)})") from None
+        self.written[stream] += n
 
     def _in_order(self, stream: str, t0: int, t1: int) -> None:
         last = self._last[stream]

@@ -108,7 +108,7 @@ def test_run_records_what_it_streams(tmp_path):
 @pytest.mark.parametrize("flag,value,msg", [
     ("--bind", "windows", "expected NAME=URL"),
     ("--bind", "nowhere=tcp://127.0.0.1:1", "NAME one of"),
-    ("--connect", "windows=http://x", "must start with tcp://"),
+    ("--connect", "windows=http://x", "the URL must be tcp://HOST:PORT or ipc://PATH"),
     ("--stages", "source,teleport", "not part of this pipeline"),
 ])
 def test_endpoint_option_errors_are_one_line(flag, value, msg):

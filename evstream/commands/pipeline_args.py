@@ -22,7 +22,13 @@ With `--stages` a host runs part of the pipeline, e.g.
                      --bind windows=tcp://0.0.0.0:5555 --bind publish=tcp://0.0.0.0:5556
     viewer host: evstream view tcp://gpu:5556
 Binding anything but loopback is explicit, and `--curve-keys DIR` encrypts and authenticates
-tcp endpoints with CURVE (keys are created in DIR on first use; copy DIR to the other hosts).
+tcp endpoints with CURVE (keys are created in DIR on first use; copy DIR to the other hosts,
+and give it to `evstream view` too). A URL is checked before any process starts (syntax, port,
+known host, ipc directory); a bind that fails in its stage (port taken, no permission) is one
+line naming the endpoint and the URL, exit 2. `tcp://HOST:*` binds a free port, which the
+launcher prints. What a tcp peer sends that is not ours (garbage, oversized or truncated
+messages, a wrong schema version, a refused handshake) is dropped, counted in the summary's
+`malformed_messages` / `rejected_peers`, and the stream goes on.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("endpoints and hosts")
     e.add_argument("--bind", action="append", default=[], metavar="NAME=URL",
                    help=f"bind an endpoint ({', '.join(ENDPOINT_NAMES)}) at a URL, e.g. "
-                        "publish=tcp://0.0.0.0:5556")
+                        "publish=tcp://0.0.0.0:5556 (port *: a free one, printed)")
     e.add_argument("--connect", action="append", default=[], metavar="NAME=URL",
                    help="connect an endpoint to another host, e.g. windows=tcp://gpu:5555")
     e.add_argument("--stages", help="run only these stages here: source,window,worker,viewer,sink")
@@ -116,6 +122,11 @@ def _positive(name: str, value, allow_none=True):
 
 
 def _endpoint_overrides(args) -> dict:
+    """--bind/--connect NAME=URL -> {name: url}, each URL checked before any process starts
+    (stream/sockets.check_url: syntax, port range, known host, ipc directory); what only a bind
+    can tell (a port taken, no permission) is a one-line error from the stage that binds."""
+    from evstream.stream.sockets import check_url
+
     out = {}
     for flag in ("bind", "connect"):
         for item in getattr(args, flag, []) or []:
@@ -123,9 +134,9 @@ def _endpoint_overrides(args) -> dict:
             if not sep or name not in ENDPOINT_NAMES:
                 raise EvstreamError(f"--{flag} {item!r}: expected NAME=URL with NAME one of "
                                     f"{', '.join(ENDPOINT_NAMES)}")
-            if not url.startswith(("tcp://", "ipc://")):
-                raise EvstreamError(f"--{flag} {item!r}: the URL must start with tcp:// or ipc://")
-            out[name] = url
+            if name in out:
+                raise EvstreamError(f"--{flag} {item!r}: endpoint {name} is given twice")
+            out[name] = check_url(name, url, flag)
     return out
 
 
@@ -301,6 +312,12 @@ def format_summary(s: dict) -> str:
     to = "drawn frame" if "frames_drawn" in s else "delivery"
     lines.append(f"latency     window end -> {to} p50 {lat.get('p50', 0):.2f} ms  "
                  f"p99 {lat.get('p99', 0):.2f} ms  max {lat.get('max', 0):.2f} ms")
+    if s.get("malformed_messages") or s.get("rejected_peers"):
+        over = s.get("oversized_messages", 0)
+        lines.append(f"traffic     {s.get('malformed_messages', 0):,} malformed messages dropped"
+                     + (f" ({over:,} oversized)" if over else "")
+                     + f", {s.get('rejected_peers', 0):,} connections refused"
+                     + (f"; last: {s['last_wire_error']}" if s.get("last_wire_error") else ""))
     if s.get("restarts"):
         lines.append(f"restarts    {s['restarts']}")
     if s.get("end_reason"):

@@ -25,7 +25,9 @@ Live sends never block (a full queue drops the prediction, counted as dropped_pr
 lossless sends wait, checking for `stop` every 20 ms.
 
 A message that is not a well-formed window of the right shape is counted (wire "malformed",
-with its reason in last_error) and skipped. A stream's end-of-stream control message is
+with its reason in last_error) and skipped, and so is a peer refused at a bound tcp endpoint
+(wire "rejected_peers"; every socket comes from stream/sockets.py); only streams that sent a
+good window are waited for. A stream's end-of-stream control message is
 forwarded after that stream's last prediction; the worker ends when every stream it has seen
 has ended, or, on `drain` (upstream is done; its end-of-stream message may have been dropped in
 live mode), once nothing is queued, after sending an end-of-stream message itself.
@@ -44,7 +46,6 @@ import time
 import zmq
 
 from evstream.config import InferConfig, PipelineConfig
-from evstream.errors import EvstreamError
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -70,8 +71,7 @@ def guess_sensor_hw(cfg: PipelineConfig, model_config: dict) -> tuple[int, int]:
 
 class _Worker:
     def __init__(self, cfg: PipelineConfig, endpoints: dict, link):
-        from evstream.stream import wire
-        from evstream.stream.curve import secure
+        from evstream.stream import sockets, wire
 
         self.cfg = cfg
         self.link = link
@@ -79,25 +79,16 @@ class _Worker:
         self.infer = cfg.infer or InferConfig()
         self.stats = wire.WireStats()
         self.tel = StageTelemetry("worker")
-        ctx = zmq.Context.instance()
-        keys = endpoints.get("curve")
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, 16 if self.lossless else 4)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        secure(self.pull, endpoints["windows"], "bind", keys)
-        _bind(self.pull, endpoints["windows"], "windows")
-        self.push = ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.SNDHWM, 16 if self.lossless else 4)
-        self.push.setsockopt(zmq.LINGER, -1 if self.lossless else 1000)
-        secure(self.push, endpoints["predictions"], "connect", keys)
-        self.push.connect(endpoints["predictions"])
-        self.pub = None
+        self.pull = self.push = self.pub = None
+        self.pull = sockets.open_endpoint(endpoints, "windows", "bind",
+                                          hwm=16 if self.lossless else 4, linger=0,
+                                          stats=self.stats)
+        self.push = sockets.open_endpoint(endpoints, "predictions", "connect",
+                                          hwm=16 if self.lossless else 4,
+                                          linger=-1 if self.lossless else 1000)
         if endpoints.get("publish"):
-            self.pub = ctx.socket(zmq.PUB)
-            self.pub.setsockopt(zmq.SNDHWM, 4)
-            self.pub.setsockopt(zmq.LINGER, 0)
-            secure(self.pub, endpoints["publish"], "bind", keys)
-            _bind(self.pub, endpoints["publish"], "publish")
+            self.pub = sockets.open_endpoint(endpoints, "publish", "bind", hwm=4, linger=0,
+                                             stats=self.stats)
         self.predictor = None
         self.next_report = float("inf")      # telemetry starts with the loop
         self.meta_base: dict = {}
@@ -161,7 +152,6 @@ class _Worker:
         rep_name = self.cfg.window.representation
         for msg, t_ns in got:
             h = msg.header
-            self.seen.add(h["stream"])
             if h["kind"] == "control":
                 controls.append(msg)
                 continue
@@ -181,6 +171,7 @@ class _Worker:
             except ValueError as e:
                 self.reject(str(e))
                 continue
+            self.seen.add(h["stream"])      # a stream is one that sent a good window
             windows.append((msg, t_ns))
         self.tel.gauge("queue_depth", len(got))
         if self.lossless or len(windows) <= 1:
@@ -299,30 +290,31 @@ class _Worker:
                         return
                 for msg in controls:
                     h = msg.header
-                    if h["meta"].get("eos"):
+                    # the end of a stream that sent windows, or of this pipeline's own
+                    # (an empty one); another is a stray peer's and would end the consumer
+                    if h["meta"].get("eos") and (h["stream"] in self.seen
+                                                 or h["stream"] == self.cfg.stream_id):
                         self.end_stream(h["stream"], h["seq"], h["ts"], h["meta"])
+                    elif h["meta"].get("eos"):
+                        self.reject(f"end of stream {h['stream']!r:.40}, which sent no window")
                 if self.ended and self.seen <= self.ended:
                     return
             self.tick()
 
     def snapshot(self) -> dict:
+        from evstream.stream import sockets
+
+        sockets.poll_monitors()         # peers refused at a bound tcp endpoint
         snap = self.tel.snapshot()
         snap["wire"] = self.stats.as_dict()
         return snap
 
     def close(self) -> None:
-        if self.link.stopping:      # stop: what the consumer has not taken is not waited for
-            self.push.setsockopt(zmq.LINGER, 0)
+        if self.link.stopping and self.push is not None:
+            self.push.setsockopt(zmq.LINGER, 0)   # stop: what the consumer has not taken
         for sock in (self.pull, self.push, self.pub):
             if sock is not None:
                 sock.close()
-
-
-def _bind(sock, url: str, name: str) -> None:
-    try:
-        sock.bind(url)
-    except zmq.ZMQError as e:
-        raise EvstreamError(f"{url}: cannot bind the {name} endpoint ({e})") from None
 
 
 def _events(msg) -> int:

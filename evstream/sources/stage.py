@@ -17,7 +17,7 @@ import time
 from types import SimpleNamespace
 
 from evstream.config import PipelineConfig
-from evstream.stream.curve import secure
+from evstream.stream import sockets
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -40,8 +40,6 @@ def open_configured_source(cfg):
 
 
 def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
-    import zmq
-
     from evstream.stream import wire  # noqa: F401 - loaded now: it took 8 ms at the end of a replay
     from evstream.stream.ring import EventRing
 
@@ -49,11 +47,7 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         src = open_configured_source(cfg.source)
         ring = EventRing.attach(cfg.source.ring_name)
         writer = ring.writer("lossless" if cfg.lossless else "live")
-        side = zmq.Context.instance().socket(zmq.PUSH)
-        side.setsockopt(zmq.SNDHWM, 256)
-        side.setsockopt(zmq.LINGER, 1000)
-        secure(side, endpoints["side"], "connect", endpoints.get("curve"))
-        side.connect(endpoints["side"])
+        side = sockets.open_endpoint(endpoints, "side", "connect", hwm=256, linger=1000)
         tel = StageTelemetry("source")
         rec = _recorder(src, cfg.source.record_path) if cfg.source.record_path else None
         finished = False
@@ -135,8 +129,10 @@ def _side_eos(sock, cfg) -> None:
     for a full queue, even in live mode)."""
     import zmq
 
-    from evstream.stream import wire
+    from evstream.stream import lifeline, wire
 
+    if lifeline.orphaned():         # the launcher is gone: no one waits for it
+        return
     sock.setsockopt(zmq.SNDTIMEO, 1000)
     try:
         wire.send(sock, b"control", {"kind": "control", "stream": cfg.stream_id,

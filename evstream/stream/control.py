@@ -37,6 +37,8 @@ import traceback
 
 import zmq
 
+from evstream.stream import lifeline, sockets
+
 
 class StopRequested(Exception):
     """Raised inside a stage when the launcher asked it to stop while it was waiting."""
@@ -50,15 +52,15 @@ class StageLink:
         self.stage = stage
         self.nice_after_done = nice_after_done      # see step_aside (stage processes: 10)
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, stage.encode())
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(control_url)
+        self.sock = sockets.open_endpoint({"control": control_url}, "control", "connect",
+                                          linger=2000, ctx=self.ctx, identity=stage.encode())
         self.stopping = False
         self.draining = False
         self._done_sent = False
 
     def send(self, kind: str, **payload) -> None:
+        if lifeline.orphaned():         # the launcher is gone: nobody to tell
+            return
         self.sock.send(json.dumps({"kind": kind, **payload}).encode())
 
     def ready(self, **info) -> None:
@@ -69,7 +71,8 @@ class StageLink:
         # `start` (inside the stream), 40-90 ms in the source and window stage as they ended
         # (measured with gc.callbacks).
         gc.freeze()
-        self.send("ready", info=info)
+        bound = sockets.bound_endpoints()
+        self.send("ready", info=dict(info, bound=bound) if bound else info)
 
     def wait_start(self, timeout_s: float = 60.0, on_setup=None) -> dict:
         """Wait for `start` -> its info. A `setup` before it runs `on_setup(info)` (default: a
@@ -100,7 +103,9 @@ class StageLink:
                     raise StopRequested
 
     def should_stop(self) -> bool:
-        """Non-blocking: has the launcher asked us to stop?"""
+        """Non-blocking: has the launcher asked us to stop (or died)?"""
+        if lifeline.orphaned():
+            self.stopping = True
         while not self.stopping and self.sock.poll(0):
             kind = json.loads(self.sock.recv())["kind"]
             if kind == "stop":
@@ -183,10 +188,9 @@ class LauncherLink:
 
     def __init__(self, url: str, ctx: zmq.Context | None = None):
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock = sockets.open_endpoint({"control": url}, "control", "bind", linger=0,
+                                          ctx=self.ctx)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.bind(url)
         self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def recv(self, timeout_s: float) -> tuple[str, dict] | None:

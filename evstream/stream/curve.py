@@ -3,6 +3,9 @@
     keys = load_or_create_keys("keys/")          # plain dict of paths: crosses `spawn`
     secure(sock, url, "bind", keys)               # before sock.bind(url) / sock.connect(url)
 
+stream/sockets.py calls `secure` for every socket it makes (every stage's, and `evstream view`'s
+with `--curve-keys`), with the keys the launcher put in `endpoints["curve"]`.
+
 ipc endpoints never leave the host and are left as they are. On tcp the binding side is the CURVE
 server (it holds `server.key_secret`), the connecting side a client that knows the server's public
 key and proves its own (`client.key_secret`); the server accepts only client keys found in DIR

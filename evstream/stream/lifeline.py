@@ -25,8 +25,9 @@ recording, readers leave the ring, slots and ring are unmapped), and stage_conte
 ORPHAN_EXIT_CODE without trying to report. An interval timer (SIGALRM, default action: the
 kernel ends the process and releases all it holds) fires ORPHAN_EXIT_S after the signal
 whatever the stage was doing, so an orphan never outlives its launcher by more than a second.
-Measured: 30-60 ms from the launcher's SIGKILL to the last stage gone, each through its
-`finally` blocks (tests/test_orphans.py).
+Measured on the loaded 2-core machine: 45-70 ms from the launcher's SIGKILL to the last stage
+of a --no-model replay gone, each through its `finally` blocks, about 150 ms with the torch
+worker (tests/test_orphans.py).
 
 Segments left behind. The ring and the window slots are named `evstream_<launcher pid>_<hex>`
 (`_w` for slots) and unlinked by the launcher on every path it controls. A SIGKILL leaves them

@@ -6,7 +6,9 @@ a lossless run delivers every one).
 
 Live mode keeps only the newest window per stream: each wake-up drains everything queued and
 processes the newest message of each stream, counting the rest as dropped. Lossless mode
-processes every window in order. Malformed messages are dropped and counted by `wire.recv`.
+processes every window in order. Malformed messages are dropped and counted by `wire.recv`, and
+so is a well-formed message that is no window or prediction (no array, no window end), and
+refused tcp peers (stream/sockets.py); the sink keeps going.
 Windows that come in shared-memory slots are taken as zero-copy views (`wire.drain(copy=False)`,
 checked against the slot's generation when taken, released after counting): delivery is the
 moment the sink holds an intact window, without a copy it would not use.
@@ -22,7 +24,7 @@ import numpy as np
 import zmq
 
 from evstream.config import PipelineConfig
-from evstream.stream.curve import secure
+from evstream.stream import sockets
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -31,21 +33,14 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
     from evstream.stream import wire
 
     with stage_context(endpoints, "sink") as link:
-        sock = zmq.Context.instance().socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 16 if cfg.lossless else 4)
-        sock.setsockopt(zmq.LINGER, 0)
-        url = endpoints.get("predictions", endpoints["windows"])
-        secure(sock, url, "bind", endpoints.get("curve"))
-        sock.bind(url)
-        side = zmq.Context.instance().socket(zmq.PULL)
-        side.setsockopt(zmq.RCVHWM, 256)
-        side.setsockopt(zmq.LINGER, 0)
-        secure(side, endpoints["side"], "bind", endpoints.get("curve"))
-        side.bind(endpoints["side"])
+        stats = wire.WireStats()
+        # predictions, or the windows themselves when there is no worker
+        sock = sockets.open_endpoint(endpoints, sockets.consumer_endpoint(endpoints), "bind",
+                                     hwm=16 if cfg.lossless else 4, linger=0, stats=stats)
+        side = sockets.open_endpoint(endpoints, "side", "bind", hwm=256, linger=0, stats=stats)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(side, zmq.POLLIN)
-        stats = wire.WireStats()
         tel = StageTelemetry("sink")
         dumped: list[tuple[int, int, np.ndarray]] = []
         try:
@@ -76,6 +71,8 @@ def sink_stage(cfg: PipelineConfig, endpoints: dict) -> None:
                     h = m.header
                     if h.get("kind") == "control":
                         eos = eos or bool(h.get("meta", {}).get("eos"))
+                        continue
+                    if not _deliverable(m, stats):
                         continue
                     t_ns = time.monotonic_ns()
                     kept = np.array(m.arrays[0]) if cfg.dump_windows else None
@@ -127,7 +124,24 @@ def _count_side(side, stats, tel, wait_ms: int) -> bool:
         tel.count(name, 1 if name == "frames_in" else len(m.arrays[0]) if m.arrays else 0)
 
 
+def _deliverable(m, stats) -> bool:
+    """A window or prediction the sink can count: one array at least and the window's end time
+    (a peer's message that passed the wire format but not this contract is malformed)."""
+    from evstream.stream import wire
+
+    h = m.header
+    if h.get("kind") in ("window", "prediction") and m.arrays \
+            and isinstance(h["ts"].get("window_end"), int):
+        return True
+    wire.release(m)
+    stats.malformed += 1
+    stats.last_error = f"not a window or prediction: kind {h.get('kind')!r:.40}, " \
+                       f"{len(m.arrays)} arrays, ts {sorted(h['ts'])!r:.60}"
+    return False
+
+
 def _snap(tel, stats) -> dict:
+    sockets.poll_monitors()
     snap = tel.snapshot()
     snap["wire"] = stats.as_dict()
     return snap

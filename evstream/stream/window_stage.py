@@ -39,7 +39,7 @@ import numpy as np
 import zmq
 
 from evstream.config import PipelineConfig
-from evstream.stream.curve import secure
+from evstream.stream import sockets
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
@@ -201,13 +201,11 @@ def window_stage(cfg: PipelineConfig, endpoints: dict) -> None:
         wc = cfg.window
         ring = EventRing.attach(cfg.source.ring_name)
         reader = ring.reader()
-        sock = zmq.Context.instance().socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 16 if cfg.lossless else 2)
         # lossless: every queued window reaches the consumer before this process exits (the
         # launcher's stop/terminate bounds the wait); live: a gone consumer costs at most 1 s
-        sock.setsockopt(zmq.LINGER, -1 if cfg.lossless else 1000)
-        secure(sock, endpoints["windows"], "connect", endpoints.get("curve"))
-        sock.connect(endpoints["windows"])
+        sock = sockets.open_endpoint(endpoints, "windows", "connect",
+                                     hwm=16 if cfg.lossless else 2,
+                                     linger=-1 if cfg.lossless else 1000)
         rep = get_representation(wc.representation)
         params = representation_params(wc)
         tel = StageTelemetry("window")

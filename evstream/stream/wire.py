@@ -19,11 +19,12 @@ particular never `object` and never pickle, so a message cannot make the receive
 Validation (`decode`, and `encode` for what it produces): the header parses as a JSON object of
 the right field types, `v` is a version we know, the frame count is 2 + len(buffers) (at most
 MAX_BUFFERS), every dtype is allowed, every shape is a list of at most MAX_NDIM non-negative
-ints, every buffer is exactly prod(shape) * itemsize bytes, and the total stays under
-`max_bytes` (DEFAULT_MAX_BYTES = 256 MiB). Anything else is a `WireError`. `recv` drops and
-counts malformed messages (`WireStats`) and goes on waiting for a good one within its timeout,
-so garbage from a peer never stops a receiver. To also keep a huge frame from ever being
-buffered, a receiver can set the socket option zmq.MAXMSGSIZE (zmq then drops the peer).
+ints, every buffer is exactly prod(shape) * itemsize bytes, and the total, declared and sent,
+stays under `max_bytes` (DEFAULT_MAX_BYTES = 256 MiB). Anything else is a `WireError`. `recv`
+drops and counts malformed messages (`WireStats`) and goes on waiting for a good one within its
+timeout, so garbage from a peer never stops a receiver. To also keep a huge frame from ever
+being buffered, a receiver can set the socket option zmq.MAXMSGSIZE (zmq then drops the peer;
+stream/sockets.py does so on every socket bound to tcp).
 
 Zero-copy both ways. `send` hands the arrays' memory to zmq (`copy=False`): the caller must not
 modify an array until zmq is done with it (pass `track=True` and watch the returned
@@ -96,7 +97,10 @@ class Message:
 @dataclass
 class WireStats:
     """Receive counters: `received` good messages (and their `bytes` of buffers), `malformed`
-    messages dropped for any reason, of which `oversized` for exceeding max_bytes."""
+    messages dropped for any reason, of which `oversized` for exceeding max_bytes (declared or
+    sent); `rejected_peers`: connections to a bound tcp endpoint refused at the handshake
+    (counted by stream/sockets.py's monitor: not zmq, a wrong socket type, a CURVE key that is
+    not ours)."""
 
     received: int = 0
     bytes: int = 0
@@ -104,12 +108,14 @@ class WireStats:
     oversized: int = 0
     overwritten: int = 0            # windows whose shared-memory slot was reused before reading
     overwritten_events: int = 0
+    rejected_peers: int = 0
     last_error: str = ""
 
     def as_dict(self) -> dict:
         return {"received": self.received, "bytes": self.bytes, "malformed": self.malformed,
                 "oversized": self.oversized, "overwritten": self.overwritten,
-                "overwritten_events": self.overwritten_events, "last_error": self.last_error}
+                "overwritten_events": self.overwritten_events,
+                "rejected_peers": self.rejected_peers, "last_error": self.last_error}
 
 
 def dtype_to_wire(dt: np.dtype) -> str:
@@ -248,6 +254,9 @@ def decode(frames, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
     if len(topic) > MAX_TOPIC_BYTES:
         raise WireError(f"topic longer than {MAX_TOPIC_BYTES} bytes")
     raw = _frame_bytes(frames[1])
+    sent = sum(_frame_bytes(f).nbytes for f in frames[2:])
+    if sent > max_bytes:
+        raise OversizeError(f"message of {sent} bytes is over the limit of {max_bytes}")
     if raw.nbytes > MAX_HEADER_BYTES:
         raise WireError(f"header of {raw.nbytes} bytes is over the limit of {MAX_HEADER_BYTES}")
     try:

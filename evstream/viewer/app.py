@@ -8,8 +8,12 @@ Two ways in, one `Viewer` underneath:
     run_viewer(url, viewer_cfg)      `evstream view tcp://HOST:PORT`: CONNECTs a SUB socket
                                      (topics b"prediction", b"window", b"control") to a worker
                                      that publishes its predictions: for remote viewing the
-                                     worker side binds a PUB endpoint when asked, e.g.
-                                     --bind predictions=tcp://0.0.0.0:5560
+                                     worker's host binds its `publish` endpoint, e.g.
+                                     --bind publish=tcp://0.0.0.0:5560 (with --curve-keys DIR on
+                                     both sides, the stream is encrypted and authenticated)
+
+Both make their sockets through stream/sockets.py (high-water marks, linger, CURVE, the
+monitor that counts refused tcp peers).
 
 Every wake-up (a poll of at most 20 ms) takes everything queued. Live mode draws only the newest
 drawable message per stream and counts the rest as dropped (dropped_predictions /
@@ -53,7 +57,7 @@ import zmq
 from evstream.config import PipelineConfig, ViewerConfig
 from evstream.errors import EvstreamError
 from evstream.represent.preview import event_image
-from evstream.stream import wire
+from evstream.stream import sockets, wire
 from evstream.stream.telemetry import StageTelemetry
 from evstream.viewer import overlay
 from evstream.viewer.video import VideoOut, ensure_dir, write_png
@@ -419,6 +423,7 @@ class Viewer:
         self._destroy_window()
 
     def snapshot_dict(self) -> dict:
+        sockets.poll_monitors()         # peers refused at a bound tcp endpoint
         snap = self.tel.snapshot()
         snap["gauges"]["fps"] = round(self.tel.rate("frames_drawn"), 3)
         snap["wire"] = self.stats.as_dict()
@@ -460,26 +465,23 @@ def viewer_stage(cfg: PipelineConfig, endpoints: dict) -> None:
 
     with stage_context(endpoints, "viewer") as link:
         vc = cfg.viewer or ViewerConfig()
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 16 if cfg.lossless else 4)
-        sock.setsockopt(zmq.LINGER, 0)
-        side = ctx.socket(zmq.PULL)
-        side.setsockopt(zmq.RCVHWM, 256)
-        side.setsockopt(zmq.LINGER, 0)
-        viewer = None
+        sock = side = viewer = None
         try:
-            sock.bind(endpoints.get("predictions") or endpoints["windows"])
-            if endpoints.get("side"):
-                side.bind(endpoints["side"])
             viewer = Viewer(vc, lossless=cfg.lossless, fps_hint=_stride_fps(cfg))
+            # predictions, or the windows themselves when there is no worker
+            sock = sockets.open_endpoint(endpoints, sockets.consumer_endpoint(endpoints), "bind",
+                                         hwm=16 if cfg.lossless else 4, linger=0,
+                                         stats=viewer.stats)
+            if endpoints.get("side"):
+                side = sockets.open_endpoint(endpoints, "side", "bind", hwm=256, linger=0,
+                                             stats=viewer.stats)
             link.ready()
             info = link.wait_start()
             viewer.source = " ".join(s for s in (str(info.get("camera") or ""),
                                                  Path(cfg.source.spec).name) if s)
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
-            if endpoints.get("side"):
+            if side is not None:
                 poller.register(side, zmq.POLLIN)
             interval = max(cfg.telemetry_interval_s / 2, 0.25)
             next_report = time.monotonic() + interval
@@ -498,45 +500,43 @@ def viewer_stage(cfg: PipelineConfig, endpoints: dict) -> None:
             if viewer is not None:
                 viewer.close()
                 link.telemetry(viewer.snapshot_dict(), final=True)
-            sock.close()
-            side.close()
+            sockets.close(sock)
+            sockets.close(side)
 
 
 # -- `evstream view` -----------------------------------------------------------------------------
 
 def check_url(url: str) -> str:
-    """tcp://HOST:PORT (port 1..65535) or ipc://PATH, else a one-line EvstreamError."""
+    """tcp://HOST:PORT (port 1..65535, HOST known) or ipc://PATH, else a one-line
+    EvstreamError."""
     m = URL_RE.match(url)
-    if m and 0 < int(m.group(2)) < 65536:
-        return url
-    if url.startswith("ipc://") and len(url) > len("ipc://"):
-        return url
-    raise EvstreamError(f"{url}: not an endpoint URL; expected tcp://HOST:PORT "
-                        f"(e.g. tcp://192.168.1.20:5560) or ipc://PATH")
+    if not (m and 0 < int(m.group(2)) < 65536) \
+            and not (url.startswith("ipc://") and len(url) > len("ipc://")):
+        raise EvstreamError(f"{url}: not an endpoint URL; expected tcp://HOST:PORT "
+                            f"(e.g. tcp://192.168.1.20:5560) or ipc://PATH")
+    return sockets.check_url("publish", url, "connect", label=url)
 
 
 def run_viewer(url: str, viewer_cfg: ViewerConfig | None = None, *, stream: str | None = None,
-               lossless: bool = False, status=None, status_every_s: float = 2.0) -> dict:
-    """Connect a SUB socket to `url` and show / record what arrives until the end-of-stream
+               lossless: bool = False, status=None, status_every_s: float = 2.0,
+               curve: dict | None = None) -> dict:
+    """Connect a SUB socket to `url` (the worker's `publish` endpoint; a CURVE client with
+    `curve` keys, see stream/curve.py) and show / record what arrives until the end-of-stream
     message, `q` in the window, or Ctrl-C. `status(line)` gets a one-line summary every
     status_every_s. Returns a summary dict (see `evstream view --json`)."""
+    from evstream.stream.curve import stop_authenticators
     from evstream.stream.telemetry import format_line, merge_latency
 
     check_url(url)
     vc = viewer_cfg or ViewerConfig()
     viewer = Viewer(vc, lossless=lossless, source=url, stream=stream, on_close="stop")
     ctx = zmq.Context()             # private: destroyed on the way out, nothing left to linger
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 1000 if lossless else 16)
-    for topic in (b"prediction", b"window", b"control"):
-        sock.setsockopt(zmq.SUBSCRIBE, topic)
     eos = interrupted = False
     try:
-        try:
-            sock.connect(url)
-        except zmq.ZMQError as e:
-            raise EvstreamError(f"{url}: cannot connect ({e})") from None
+        endpoints = {"publish": url, "curve": curve or {}}
+        sock = sockets.open_endpoint(endpoints, "publish", "connect",
+                                     hwm=1000 if lossless else 16, linger=0, ctx=ctx,
+                                     subscribe=(b"prediction", b"window", b"control"))
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         next_status = time.monotonic() + status_every_s if status and status_every_s else None
@@ -551,6 +551,7 @@ def run_viewer(url: str, viewer_cfg: ViewerConfig | None = None, *, stream: str 
         interrupted = True
     finally:
         viewer.close()
+        stop_authenticators()
         ctx.destroy(linger=0)
     snap = viewer.snapshot_dict()
     c = snap["counters"]

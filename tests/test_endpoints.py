@@ -200,3 +200,26 @@ def test_view_help_example_end_to_end_with_junk_on_every_tcp_endpoint(capsys, tm
     v = json.loads(out)
     assert v["frames_drawn"] > 0 and v["predictions"] > 0 and v["malformed_messages"] == 0
     assert v["video"]["frames"] == v["frames_drawn"] and video.stat().st_size > 0
+
+
+def test_a_free_port_only_where_no_stage_here_connects(capsys):
+    code, _, err = run_cli(capsys, "replay", SYNTH, "--no-model",
+                           "--bind", "windows=tcp://127.0.0.1:*")
+    assert code == 2 and err.count("\n") == 1
+    assert ("--bind windows=tcp://127.0.0.1:*: the window stage here connects to windows, so it "
+            "needs a port, not a free one") in err
+
+
+def test_bound_free_ports_are_reported():
+    from evstream.config import PipelineConfig, SourceConfig
+    from evstream.pipeline import PipelineResult, _report_bound, _State
+
+    cfg = PipelineConfig(source=SourceConfig(spec=SYNTH),
+                         endpoints={"publish": "tcp://0.0.0.0:*", "side": "tcp://127.0.0.1:5"})
+    state, result, lines = _State(), PipelineResult(), []
+    state.ready = {"worker": {"bound": {"publish": "tcp://0.0.0.0:41234",
+                                        "windows": "ipc:///tmp/evstream-1-x/windows"}},
+                   "sink": {"bound": {"side": "tcp://127.0.0.1:5"}}, "source": {}}
+    _report_bound(cfg, state, result, lines.append)
+    assert lines == ["evstream: publish endpoint bound at tcp://0.0.0.0:41234"]
+    assert result.summary["endpoints"]["side"] == "tcp://127.0.0.1:5"

@@ -244,7 +244,22 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
         raise EvstreamError(f"--stages: {e}") from None
     if "source" in names and not spec:
         raise EvstreamError("no source: give a recording, --camera MODEL or a tcp:// stream")
+    _check_free_ports(cfg.endpoints, names)
     return cfg
+
+
+# the stage that connects to each endpoint (`publish`: `evstream view`, never a stage)
+CONNECTED_BY = {"windows": "window", "predictions": "worker", "side": "source"}
+
+
+def _check_free_ports(endpoints: dict, names) -> None:
+    """`tcp://HOST:*` (a free port, printed once bound) only for an endpoint that no stage of
+    this pipeline connects to: a stage here could not know the port."""
+    for name, url in endpoints.items():
+        if url.startswith("tcp://") and url.rsplit(":", 1)[-1] in ("*", "0") \
+                and CONNECTED_BY.get(name) in names:
+            raise EvstreamError(f"--bind {name}={url}: the {CONNECTED_BY[name]} stage here "
+                                f"connects to {name}, so it needs a port, not a free one")
 
 
 def _curve_keys(directory: str) -> dict:

@@ -77,3 +77,17 @@ def test_view_counts_junk_from_the_publisher_and_draws_the_rest(tmp_path):
     assert result["malformed_messages"] == n * len(MESSAGES)
     assert len(list(png.glob("*.png"))) == n
     assert np.all([p.stat().st_size > 0 for p in png.glob("*.png")])
+
+
+def test_the_text_summary_says_what_was_dropped():
+    from evstream.commands.pipeline_args import format_summary
+
+    s = {"events_in": 10, "events_out": 10, "stream_s": 1.0, "wall_s": 2.0, "windows": 2,
+         "dropped_windows": 0, "dropped_events": 0, "malformed_messages": 7,
+         "oversized_messages": 2, "rejected_peers": 3,
+         "last_wire_error": "side: refused a tcp peer (closed before a zmq handshake)"}
+    line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("traffic"))
+    assert line == ("traffic     7 malformed messages dropped (2 oversized), 3 connections "
+                    "refused; last: side: refused a tcp peer (closed before a zmq handshake)")
+    quiet = dict(s, malformed_messages=0, rejected_peers=0)
+    assert "traffic" not in format_summary(quiet)

@@ -35,12 +35,14 @@ EXAMPLES = """  evstream info file.aedat4
   evstream info N-MNIST/00001.bin --width 34 --height 34"""
 
 PEAK_BIN_US = 10_000
-PROGRESS_MIN_BYTES = 32 << 20     # progress bar only for files at least this big (and a tty)
+PROGRESS_MIN_BYTES = 32 << 20     # progress (evstream.progress) only for files this big
 
 
 def configure(p) -> None:
     add_source_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, a line every 30 s elsewhere)")
 
 
 class PeakRate:
@@ -80,9 +82,9 @@ def describe_source(src, path: str | None, progress: bool = False) -> dict:
     peak = PeakRate()
     bar = None
     if progress:
-        from tqdm import tqdm
+        from evstream.progress import progress as progress_bar
 
-        bar = tqdm(unit="ev", unit_scale=True, desc="reading", file=sys.stderr, leave=False)
+        bar = progress_bar(unit="ev", unit_scale=True, desc="reading", leave=False)
     try:
         for pkt in src.packets():
             ev = pkt.events
@@ -188,7 +190,7 @@ def main(args) -> int:
                                 f"recordings (use `evstream record` first)")
         big = os.path.isfile(spec) and os.path.getsize(spec) >= PROGRESS_MIN_BYTES
         d = describe_source(src, spec if os.path.exists(spec) else None,
-                            progress=big and sys.stderr.isatty())
+                            progress=big and not args.quiet)
     finally:
         src.close()
     print(json.dumps(d) if args.json else format_info(d))

@@ -16,7 +16,8 @@
   no OUT. Errors are one line, exit 2.
 - OUT must end in .aedat4 and must not be the input; an existing OUT is refused unless --force
   (it is then replaced as soon as recording starts, not when it ends).
-- A tqdm progress bar goes to stderr when it is a terminal; `--json` prints one summary object
+- Progress goes to stderr (evstream.progress: a bar on a terminal, a line every 30 s in a log;
+  --quiet for none); `--json` prints one summary object
   (events, frames, imu, triggers, t_start_us, t_end_us, bytes, wall_s, ...) on stdout.
 """
 
@@ -58,6 +59,8 @@ def configure(p) -> None:
     p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, a line every 30 s elsewhere)")
 
 
 class _Stop:
@@ -161,9 +164,9 @@ def record(src, out: str, *, duration_s: float | None = None, max_events: int | 
                           triggers="triggers" in side, frame_size=frame_size)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from evstream.progress import progress as progress_bar
 
-        bar = tqdm(unit="ev", unit_scale=True, desc=os.path.basename(out), file=sys.stderr)
+        bar = progress_bar(unit="ev", unit_scale=True, desc=os.path.basename(out))
     interrupted = False
     t_limit = None
     try:
@@ -237,7 +240,7 @@ def main(args) -> int:
         src = open_from_args(args, spec)
         try:
             summary = record(src, out, duration_s=args.duration, max_events=args.max_events,
-                             progress=sys.stderr.isatty(), stop=stop)
+                             progress=not args.quiet, stop=stop)
         finally:
             src.close()
     if args.json:

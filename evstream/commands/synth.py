@@ -3,7 +3,8 @@
 Writes the layout of the dataset contract (OUT/manifest.json, OUT/seq_NNNN/events.aedat4 with
 events and APS frames, or events.h5 + frames.npz with --format h5, and labels.npz), atomically:
 the dataset appears under OUT only when complete. A non-empty OUT is refused unless --force.
-Progress goes to stderr (tqdm); --json prints a one-object summary on stdout.
+Progress goes to stderr (evstream.progress: a bar on a terminal, a line every 30 s in a log;
+--quiet for none); --json prints a one-object summary on stdout.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="lowest virtual frame rate (default 150)")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress (a bar on a terminal, a line every 30 s elsewhere)")
 
 
 def build_config(args):

@@ -58,7 +58,8 @@ def configure(p) -> None:
                    help="override one config value, e.g. stage2.iterations=50 (repeatable)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress (a bar on a terminal, a line every 30 s elsewhere)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
 
 

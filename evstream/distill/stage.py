@@ -367,11 +367,10 @@ def run_stage(stage: int, cfg: C.TrainCfg, d: Dist, run_dir: Path, info: dict,
     elif d.main:
         log.truncate(stage, 0)
 
-    from tqdm import tqdm
+    from evstream.progress import progress
 
-    show = d.main and cfg.progress
-    run.bar = tqdm(total=total, initial=run.it, desc=f"stage {stage} ({which})", unit="it",
-                   file=sys.stderr, dynamic_ncols=True, disable=not show, leave=True)
+    run.bar = progress(total=total, initial=run.it, desc=f"stage {stage} ({which})", unit="it",
+                       enabled=d.main and cfg.progress)
     run.start_time = run.t_mark = time.perf_counter()
     first_it = run.it
     try:

@@ -328,11 +328,9 @@ def generate_dataset(out, cfg: SynthConfig, workers: int = 1, progress: bool = F
     try:
         n_frames = len(cfg.frame_times_us())
         if progress:
-            import sys
-
-            from tqdm import tqdm
-            bar = tqdm(total=n_frames * len(entries), unit="frame", file=sys.stderr,
-                       desc=f"synth {cfg.task}", dynamic_ncols=True)
+            from evstream.progress import progress as progress_bar
+            bar = progress_bar(total=n_frames * len(entries), unit="frame",
+                               desc=f"synth {cfg.task}")
         results = _run(cfg, entries, tmp, workers, bar)
         manifest = build_manifest(cfg, results)
         with open(tmp / "manifest.json", "w") as f:

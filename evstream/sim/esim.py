@@ -392,6 +392,16 @@ class EventSimulator:
         return _sorted_by_time(self._buf[:n], t0, t_us)
 
 
+def _counted(items, bar):
+    """Yield from `items`, counting each on the progress `bar` (closed at the end)."""
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
 def simulate(frames: Iterable[np.ndarray], times_us: Iterable[int],
              config: SimConfig | None = None, seed: int = 0,
              progress: bool = False) -> np.ndarray:
@@ -400,8 +410,9 @@ def simulate(frames: Iterable[np.ndarray], times_us: Iterable[int],
     chunks = []
     pairs = zip(frames, times_us, strict=True)
     if progress:
-        from tqdm import tqdm
-        pairs = tqdm(pairs, unit="frame", desc="simulate")
+        from evstream.progress import progress as progress_bar
+        bar = progress_bar(unit="frame", desc="simulate")
+        pairs = _counted(pairs, bar)
     for frame, t_us in pairs:
         if sim is None:
             frame = np.asarray(frame)

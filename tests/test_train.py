@@ -648,3 +648,26 @@ def test_e2a_detach_keeps_reconstruction_gradients_out_of_the_student(detach):
         assert grads(term, "e2a") > 0, term
         assert (grads(term, "student") == 0) == detach, term
     assert grads("pixel_kd/recon", "student") > 0
+
+
+def test_recon_kd_where_none_and_min_conf():
+    """loss.recon_kd_where=none: no KD target from the teacher's reading of E2A's picture (E2A
+    still trains and the consistency term stays); loss.recon_kd_min_conf keeps only the pixels
+    the teacher reads with at least that confidence."""
+    base = C.with_changes(C.preset("tiny"), setting="paired")
+    batch = _batch()
+    torch.manual_seed(0)
+    terms = TaskModule(_tiny_models(), C.apply_overrides(base, ["loss.recon_kd_where=none"]),
+                       stage=2).train()(batch)
+    assert not any(k.endswith("/recon") for k in terms)
+    assert {"recon/e2a", "consistency", "pixel_kd/frame", "pixel_kd/a2e"} <= set(terms)
+    torch.manual_seed(0)
+    models = _tiny_models()
+    sure = C.apply_overrides(base, ["loss.recon_kd_min_conf=0.999999"])
+    terms = TaskModule(models, sure, stage=2).train()(batch)
+    assert float(terms["pixel_kd/recon"].detach()) == 0.0      # an untrained teacher is unsure
+    terms = TaskModule(models, C.apply_overrides(base, ["loss.recon_kd_min_conf=0.01"]),
+                       stage=2).train()(batch)
+    assert float(terms["pixel_kd/recon"].detach()) > 0
+    with pytest.raises(EvstreamError, match="recon_kd_min_conf"):
+        C.apply_overrides(base, ["loss.recon_kd_min_conf=1.5"])

@@ -104,7 +104,11 @@ class LossCfg:
                                        # E2A's reconstruction and the teacher on it cover them
     recon_kd_where: str = "all"        # paired: where the teacher's output on E2A's
                                        # reconstruction is a KD target: "all" valid pixels, or
-                                       # only where the frame measured nothing ("clipped")
+                                       # only where the frame measured nothing ("clipped"), or
+                                       # nowhere ("none": E2A then shapes the student through
+                                       # its image loss and the consistency term only)
+    recon_kd_min_conf: float = 0.0     # paired: pixels where the teacher's top softmax on the
+                                       # reconstruction is below this are no KD target (0: off)
     e2a_detach: bool = False           # E2A reads the student's features detached: its image
                                        # loss and the consistency term train E2A only, never the
                                        # student's encoder (which then learns from KD alone)
@@ -368,11 +372,13 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
         raise EvstreamError("config data.shift: must be >= 0")
     if cfg.loss.temperature <= 0:
         raise EvstreamError("config loss.temperature: must be > 0")
+    if not 0 <= cfg.loss.recon_kd_min_conf < 1:
+        raise EvstreamError("config loss.recon_kd_min_conf: must be in [0, 1)")
     if not 0 < cfg.loss.affinity_scale <= 1:
         raise EvstreamError("config loss.affinity_scale: must be in (0, 1]")
     for key, allowed in (("recon_kind", ("l1", "l2", "l1+ssim")),
                          ("recon_a2e_kind", ("balanced_l1", "l1", "l2")), ("kd_mode", ("kl", "ce")),
-                         ("recon_kd_where", ("all", "clipped")),
+                         ("recon_kd_where", ("all", "clipped", "none")),
                          ("affinity_pool", ("max", "avg")),
                          ("adversarial_kind", ("lsgan", "bce"))):
         if getattr(cfg.loss, key) not in allowed:

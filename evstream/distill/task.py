@@ -25,8 +25,10 @@ setting (the table in settings.py names it; `distill_step` dispatches):
                      pixel_kd/frame = KD(s, t) over M; affinity/frame = aff(s.feat, t.feat)
                    with BMR (loss.bmr):
                      x = E2A(s) ~ frame:  recon/e2a = |x - frame| over M
-                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x) (every pixel, or
-                                                 only outside M: loss.recon_kd_where),
+                     t_x = teacher(x) (no grad): pixel_kd/recon = KD(s, t_x) (every pixel,
+                                                 only outside M, or nowhere:
+                                                 loss.recon_kd_where; only where t_x's top
+                                                 softmax >= loss.recon_kd_min_conf),
                                                  affinity/recon = aff(s.feat, t_x.feat)
                      e = A2E(frame) ~ events: recon/a2e = balanced |e - events|
                      s_e = student(e):  pixel_kd/a2e = KD(s_e, t) over M, affinity/a2e = ...
@@ -270,10 +272,14 @@ def paired_step(batch: dict, models: dict, cfg: TrainCfg) -> dict[str, torch.Ten
         x = _e2a(models, s, size, w.e2a_detach)
         if _use(w.recon) and w.recon_e2a:
             terms["recon/e2a"] = _recon(x, image, cfg, image=True, mask=seen)
-        with torch.no_grad():
-            t_x = teacher.forward_features(x)
-        where = _both(mask, ~L.unclipped(image)) if w.recon_kd_where == "clipped" else mask
-        _kd_terms(terms, s, t_x, cfg, where, "/recon")
+        if w.recon_kd_where != "none":
+            with torch.no_grad():
+                t_x = teacher.forward_features(x)
+            where = _both(mask, ~L.unclipped(image)) if w.recon_kd_where == "clipped" else mask
+            if w.recon_kd_min_conf > 0:       # only what the teacher reads with confidence
+                sure = F.softmax(t_x["logits"], dim=1).amax(dim=1) >= w.recon_kd_min_conf
+                where = _both(where, sure)
+            _kd_terms(terms, s, t_x, cfg, where, "/recon")
         if "a2e" in models:
             e = models["a2e"](image)
             if _use(w.recon) and w.recon_a2e:

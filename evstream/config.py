@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from evstream.sources.options import SourceOptions
+
 
 @dataclass(frozen=True)
 class SourceConfig:
     spec: str                                   # path, tcp://..., camera:MODEL, synthetic:...
-    options: dict = field(default_factory=dict)  # CLI-level source options (see commands.common)
+    options: SourceOptions = field(default_factory=SourceOptions)  # reader, camera, filters
     speed: float | None = 1.0                   # replay speed factor; None = as fast as possible
     loop: bool = False
     start_s: float | None = None

@@ -69,11 +69,11 @@ STAGE_ORDER = ("source", "window", "worker", "viewer", "sink")
 # after tying itself to the launcher (lifeline.stage_main), and only when the pipeline has that
 # stage (the worker pulls in torch, which a --no-model run never needs)
 STAGE_FUNCTIONS = {
-    "source": ("evstream.sources.stage", "source_stage"),
-    "window": ("evstream.stream.window_stage", "window_stage"),
-    "worker": ("evstream.infer.worker", "worker_stage"),
-    "viewer": ("evstream.viewer.app", "viewer_stage"),
-    "sink": ("evstream.stream.sink", "sink_stage"),
+    "source": ("evstream.stages.source", "source_stage"),
+    "window": ("evstream.stages.window", "window_stage"),
+    "worker": ("evstream.stages.worker", "worker_stage"),
+    "viewer": ("evstream.stages.viewer", "viewer_stage"),
+    "sink": ("evstream.stages.sink", "sink_stage"),
 }
 
 

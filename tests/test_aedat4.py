@@ -22,7 +22,8 @@ from evstream.errors import EvstreamError, SourceError
 from evstream.sources import open_source
 from evstream.sources import recording
 from evstream.sources.recording import Aedat4Source, read_layout
-from evstream.sources.writer import Aedat4Writer, dv_store_of, numpy_to_store
+from evstream.sources.dv_shared import dv_store_of
+from evstream.sources.writer import Aedat4Writer, numpy_to_store
 from evstream.types import EVENT_DTYPE, IMU_DTYPE, TRIGGER_DTYPE, Frame
 
 dv = pytest.importorskip("dv_processing")

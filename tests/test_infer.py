@@ -249,7 +249,7 @@ class FakeLauncher:
     """The launcher's side of one worker: control ROUTER, the viewer's PULL, a window PUSH."""
 
     def __init__(self, tmp_path, cfg: PipelineConfig):
-        from evstream.infer.worker import worker_stage
+        from evstream.stages.worker import worker_stage
 
         ctx = zmq.Context.instance()
         self.endpoints = {name: f"ipc://{tmp_path}/{name}"

@@ -19,6 +19,7 @@ from evstream.config import PipelineConfig, SourceConfig, WindowConfig
 from evstream.pipeline import run_pipeline
 from evstream.represent import voxel_grid
 from evstream.sources import open_source
+from evstream.sources.options import SourceOptions
 from evstream.types import concat_events
 from evstream.stream.window import WindowSpec, windows_offline
 
@@ -132,7 +133,8 @@ def test_bad_events_are_checked_in_the_ring_write(tmp_path):
     assert expected.dropped_outside_sensor > 0 and expected.dropped_out_of_order > 0
 
     cfg = config(path, tmp_path, window_us=20_000, ring=1 << 15)
-    res = run_pipeline(replace(cfg, source=replace(cfg.source, options={"bad_events": "drop"})))
+    drop = SourceOptions(bad_events="drop")
+    res = run_pipeline(replace(cfg, source=replace(cfg.source, options=drop)))
     assert res.exit_code == 0, res.error
     got_stats = res.summary["stages"]["source"]["source"]
     assert got_stats["dropped_outside_sensor"] == expected.dropped_outside_sensor

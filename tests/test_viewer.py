@@ -30,7 +30,8 @@ from evstream.represent.preview import event_image
 from evstream.stream import wire
 from evstream.stream.control import LauncherLink
 from evstream.viewer import overlay
-from evstream.viewer.app import Viewer, viewer_stage
+from evstream.stages.viewer import viewer_stage
+from evstream.viewer.app import Viewer
 from evstream.viewer.video import read_video
 
 H, W = 48, 64

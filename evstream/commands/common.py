@@ -2,26 +2,26 @@
 
 `add_source_args(parser)` adds the source, noise-filter and camera options;
 `add_replay_args(parser)` adds --speed/--loop/--start/--end for commands that replay files;
-`open_from_args(args, spec)` turns them into `open_source(spec, **options)`, then attaches the
-noise filters (a FilterChain sized to the opened sensor) and, when replay options are present,
-wraps the source in `pacing.paced` (with a reopen factory for --loop).
+`source_options(args, spec)` turns them into the typed `sources.options.SourceOptions` (what the
+pipeline's source process opens with); `open_from_args(args, spec)` opens the source with them
+(`sources.options.open_configured`: the reader's options, then the noise filters) and, when
+replay options are present, wraps it in `pacing.paced` (with a reopen factory for --loop).
 
 Only options the user set are passed on, so a reader never sees an option that does not concern
 it unless the user asked for it (then it is a one-line error). Values that make no sense are
 rejected by argparse (one line, exit 2) or by `open_from_args` (EvstreamError, exit 2).
-`args` may be any object with these attributes (argparse Namespace, SimpleNamespace of a stage
-config); missing attributes count as "not set".
+`args` may be any object with these attributes (an argparse Namespace, a SimpleNamespace);
+missing attributes count as "not set".
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from evstream.errors import EvstreamError
-from evstream.sources import open_source
+from evstream.sources.options import SourceOptions, open_configured
 
-FILTER_FLAGS = ("ba_filter_us", "refractory_us", "hot_pixels", "roi", "polarity")
-CAMERA_FLAGS = ("time_interval_us", "aps", "exposure_us", "sensor_noise_filter_us")
 REPLAY_FLAGS = ("speed", "loop", "start", "end")
 CAMERA_FLAG_NAMES = {"time_interval_us": "--time-interval-us", "aps": "--aps/--no-aps",
                      "exposure_us": "--exposure-us",
@@ -148,13 +148,16 @@ def source_spec(args) -> str:
     return spec
 
 
-def filter_options(args) -> dict:
-    """The noise-filter options the user set, as FilterChain keywords."""
-    return {k: getattr(args, k) for k in FILTER_FLAGS if getattr(args, k, None) is not None}
-
-
-def camera_options(args) -> dict:
-    return {k: getattr(args, k) for k in CAMERA_FLAGS if getattr(args, k, None) is not None}
+def source_options(args, spec: str | None = None) -> SourceOptions:
+    """The source options the user set, as the typed `SourceOptions` the source opens with.
+    With `spec`, camera settings given for a source that is no camera are a one-line error."""
+    options = SourceOptions(**{f.name: getattr(args, f.name, None) for f in fields(SourceOptions)})
+    cam = options.camera_settings(spec or "")
+    if spec and cam and not spec.startswith("camera:"):
+        name = CAMERA_FLAG_NAMES.get(next(iter(cam)), "--serial")
+        raise EvstreamError(f"{spec}: {name} is a camera setting, "
+                            f"for --camera / camera: sources only")
+    return options
 
 
 def replay_options(args) -> dict | None:
@@ -175,44 +178,26 @@ def open_from_args(args, spec: str | None = None, *, pace: bool = True, **extra)
 
     pace=False skips the pacing wrapper (for callers that pace themselves).
     """
-    from evstream.sources.filters import make_filter_chain
-
     spec = spec or source_spec(args)
-    options = dict(width=getattr(args, "width", None), height=getattr(args, "height", None),
-                   bad_events=getattr(args, "bad_events", None))
-    if getattr(args, "stream", None):
-        options["stream"] = args.stream
-    cam = camera_options(args)
-    serial = getattr(args, "serial", None)
-    if serial and "serial=" not in spec:
-        cam["serial"] = serial            # `camera:davis346 --serial X` as well as --camera
-    if cam and not spec.startswith("camera:"):
-        name = CAMERA_FLAG_NAMES.get(next(iter(cam)), "--serial")
-        raise EvstreamError(f"{spec}: {name} is a camera setting, "
-                            f"for --camera / camera: sources only")
-    options.update(cam)
-    options.update(extra)
+    options = source_options(args, spec)
     replay = replay_options(args) if pace else None
 
-    src = open_source(spec, **options)
+    src = open_configured(spec, options, **extra)
+    if replay is None:
+        return src
     try:
-        flt = filter_options(args)
-        if flt and extra.get("filters") is None:
-            src.filters = make_filter_chain(src.width, src.height, **flt)
-        if replay is not None:
-            if src.live:
-                given = [f"--{k}" for k in REPLAY_FLAGS
-                         if getattr(args, k, None) not in (None, False)]
-                if given:
-                    raise EvstreamError(f"{spec}: {', '.join(given)}: replay options are for "
-                                        f"recordings, not live sources")
-                return src      # a live source runs at its own pace
-            from evstream.sources.pacing import paced
+        if src.live:
+            given = [f"--{k}" for k in REPLAY_FLAGS if getattr(args, k, None) not in (None, False)]
+            if given:
+                raise EvstreamError(f"{spec}: {', '.join(given)}: replay options are for "
+                                    f"recordings, not live sources")
+            return src      # a live source runs at its own pace
+        from evstream.sources.pacing import paced
 
-            def reopen():
-                return open_from_args(args, spec, pace=False, **extra)
+        def reopen():
+            return open_configured(spec, options, **extra)
 
-            src = paced(src, reopen=reopen, **replay)
+        src = paced(src, reopen=reopen, **replay)
     except BaseException:
         src.close()
         raise

@@ -38,6 +38,7 @@ import json
 import os
 import sys
 
+from evstream.commands.common import source_options
 from evstream.config import InferConfig, PipelineConfig, SourceConfig, ViewerConfig, WindowConfig
 from evstream.errors import EvstreamError
 
@@ -192,11 +193,9 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
                             f"(known: {', '.join(list_representations())})")
     window_ms = args.window_ms or win_cfg.get("window_us", 50_000) / 1000
     normalize = args.normalize if args.normalize is not None else bool(rep_cfg.get("normalize"))
-    options = {k: v for k, v in vars(args).items()
-               if k in _source_option_names() and v is not None}
     speed = getattr(args, "speed", None)
     speed = 1.0 if speed is None else (None if speed == "max" else float(speed))
-    source = SourceConfig(spec=spec or "", options=options,
+    source = SourceConfig(spec=spec or "", options=source_options(args, spec),
                           speed=None if live else speed,
                           loop=getattr(args, "loop", False), start_s=getattr(args, "start", None),
                           end_s=getattr(args, "end", None),
@@ -266,21 +265,6 @@ def _curve_keys(directory: str) -> dict:
     from evstream.stream.curve import load_or_create_keys
 
     return load_or_create_keys(directory)
-
-
-_NAMES: set[str] | None = None
-
-
-def _source_option_names() -> set[str]:
-    """The attribute names `add_source_args` defines (forwarded to the source process)."""
-    global _NAMES
-    if _NAMES is None:
-        from evstream.commands.common import add_source_args
-
-        p = argparse.ArgumentParser()
-        add_source_args(p)
-        _NAMES = {a.dest for a in p._actions if a.dest not in ("help", "source")}
-    return _NAMES
 
 
 def run_and_report(cfg: PipelineConfig, args) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 
 from evstream.commands.common import add_source_args, open_from_args, source_spec
 from evstream.errors import EvstreamError
+from evstream.sources.base import SIDE_STREAMS, declared_side_streams
 from evstream.types import Packet
 
 HELP = "record any source (camera, network, file, synthetic) to .aedat4"
@@ -46,7 +47,6 @@ EXAMPLES = """  evstream record out.aedat4 --camera davis346 --duration 10
 
 PEEK_PACKETS = 64
 PEEK_US = 500_000
-SIDE = ("frames", "imu", "triggers")
 
 
 def configure(p) -> None:
@@ -102,15 +102,6 @@ def check_output(out: str, spec: str | None, force: bool, flag: str = "--force")
         raise EvstreamError(f"{out}: exists; give {flag} to replace it")
 
 
-def _declared_streams(src) -> set[str] | None:
-    streams = getattr(src, "streams", None)
-    if streams is not None:
-        return set(streams) & set(SIDE)
-    if src.live:
-        return set(SIDE)
-    return None
-
-
 def _peek(packets, declared):
     """-> (packets read ahead, side streams to declare)."""
     ahead = []
@@ -119,7 +110,7 @@ def _peek(packets, declared):
     seen, t0 = set(), None
     for pkt in packets:
         ahead.append(pkt)
-        seen |= {k for k in SIDE if len(getattr(pkt, k))}
+        seen |= {k for k in SIDE_STREAMS if len(getattr(pkt, k))}
         if len(pkt.events):
             t0 = int(pkt.events["t"][0]) if t0 is None else t0
             if int(pkt.events["t"][-1]) - t0 >= PEEK_US:
@@ -157,7 +148,7 @@ def record(src, out: str, *, duration_s: float | None = None, max_events: int | 
     if hasattr(src, "share_dv_stores"):
         src.share_dv_stores = True
     packets = src.packets()
-    ahead, side = _peek(packets, _declared_streams(src))
+    ahead, side = _peek(packets, declared_side_streams(src))
     frame_size = getattr(src, "frame_size", None)
     writer = Aedat4Writer(out, width=src.width, height=src.height, camera=src.camera or "unknown",
                           frames="frames" in side, imu="imu" in side,

@@ -1,8 +1,8 @@
-"""Inference: representation windows -> predictions, in a process of its own.
+"""Inference: representation windows -> predictions (the worker process around it is
+evstream/stages/worker.py).
 
     predictor.py  Predictor (a batch of (C, H, W) windows -> labels/confidence or top-k at
                   sensor size, CPU or CUDA fast path), check_compatible (model vs pipeline)
-    worker.py     worker_stage(cfg, endpoints): the pipeline stage around a Predictor
     device.py     device / precision / CPU-thread choices
 """
 

@@ -66,8 +66,7 @@ def _describe(name: str, channels: int, num_bins: int | None) -> str:
 
 def pipeline_channels(window_cfg) -> int:
     """Channels the window stage computes for this WindowConfig."""
-    from evstream.represent import get_representation
-    from evstream.stream.window_stage import representation_params
+    from evstream.represent import get_representation, representation_params
 
     return get_representation(window_cfg.representation).channels(
         **representation_params(window_cfg))

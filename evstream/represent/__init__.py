@@ -19,7 +19,8 @@ entry point of the voxel grid (the fast kernel); `voxel_grid_numpy` is its refer
 from evstream.represent.evdistill import evdistill_rgb, evdistill_rgb_numba, evdistill_rgb_numpy
 from evstream.represent.histogram import histogram, histogram_numba, histogram_numpy
 from evstream.represent.registry import (UnknownRepresentationError, get_representation,
-                                         list_representations, register_representation)
+                                         list_representations, register_representation,
+                                         representation_params)
 from evstream.represent.timesurface import (NEVER_US, last_timestamps, last_timestamps_numpy,
                                             time_surface, time_surface_numba, time_surface_numpy)
 from evstream.represent.voxel import voxel_grid, voxel_grid_numba, voxel_grid_numpy
@@ -28,6 +29,7 @@ __all__ = [
     "NEVER_US", "UnknownRepresentationError", "evdistill_rgb", "evdistill_rgb_numba",
     "evdistill_rgb_numpy", "get_representation", "histogram",
     "histogram_numba", "histogram_numpy", "last_timestamps", "last_timestamps_numpy",
-    "list_representations", "register_representation", "time_surface", "time_surface_numba",
-    "time_surface_numpy", "voxel_grid", "voxel_grid_numba", "voxel_grid_numpy",
+    "list_representations", "register_representation", "representation_params", "time_surface",
+    "time_surface_numba", "time_surface_numpy", "voxel_grid", "voxel_grid_numba",
+    "voxel_grid_numpy",
 ]

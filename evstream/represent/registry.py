@@ -89,6 +89,16 @@ def list_representations() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Shared input checks (cheap: dtype and shape inspection only, no pass over the events).
 
+def representation_params(window_cfg) -> dict:
+    """The parameters a pipeline's WindowConfig gives its representation (the time surface also
+    gets the window end as its reference time, per window, from the window stage)."""
+    if window_cfg.representation == "voxel":
+        return {"num_bins": window_cfg.num_bins, "normalize": window_cfg.normalize}
+    if window_cfg.representation == "timesurface":
+        return {"tau_us": window_cfg.tau_us}
+    return {}
+
+
 def check_events(events: np.ndarray) -> None:
     if not isinstance(events, np.ndarray) or events.ndim != 1 or events.dtype.names is None:
         raise ValueError("events must be a 1-D numpy structured array with fields t, x, y, p")

@@ -18,16 +18,28 @@ Readers register themselves with `register_reader(suffixes, opener)` or `registe
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from evstream.errors import SourceError
-from evstream.sources.base import EventSource, SourceStats
+
+if TYPE_CHECKING:
+    from evstream.sources.base import EventSource, SourceStats
 
 __all__ = ["EventSource", "SourceStats", "open_source", "register_reader", "register_scheme"]
 
 _READERS: dict[str, Callable[..., EventSource]] = {}
 _SCHEMES: dict[str, Callable[..., EventSource]] = {}
 _LOADED = False
+
+
+def __getattr__(name: str):
+    # the EventSource contract loads Numba (0.4 s): only when asked for, so that importing
+    # this package (a stage process unpickling its SourceOptions, say) stays cheap
+    if name in ("EventSource", "SourceStats"):
+        from evstream.sources import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_reader(suffixes, opener: Callable[..., EventSource]) -> None:

@@ -430,7 +430,7 @@ def _read_back(path: str, salv: Salvage) -> None:
     counts must be the table's."""
     import dv_processing as dv
 
-    from evstream.sources.recording import dv_message
+    from evstream.sources.dv_shared import dv_message
 
     want = salv.counts()
     got = dict.fromkeys(want, 0)

@@ -271,3 +271,18 @@ class EventSource(ABC):
         if len(out):
             self._last_t = max(self._last_t, int(out["t"][-1]))
         return out
+
+
+SIDE_STREAMS = ("frames", "imu", "triggers")    # what a Packet carries beside its events
+
+
+def declared_side_streams(src) -> set[str] | None:
+    """The side streams a source says it has, before any packet (what a recording of it
+    declares): its `streams` where it lists them (.aedat4 files), all of them for a live source
+    (a camera may send any), else None (only its packets will tell)."""
+    streams = getattr(src, "streams", None)
+    if streams is not None:
+        return set(streams) & set(SIDE_STREAMS)
+    if src.live:
+        return set(SIDE_STREAMS)
+    return None

@@ -32,6 +32,7 @@ from evstream.errors import SourceError
 from evstream.sources import register_reader
 from evstream.sources.aedat4_check import COMPRESSION, PacketChecker, read_layout
 from evstream.sources.base import EventSource
+from evstream.sources.dv_shared import dv_message, remember_dv_store
 from evstream.types import IMU_DTYPE, TRIGGER_DTYPE, EVENT_DTYPE, Frame, Packet
 
 SYNC_CHECK_BYTES = 4 << 20       # smaller files are checked before reading, without a thread
@@ -39,24 +40,12 @@ WARM_UP_PACKETS = 2              # see Aedat4Source.warm_up
 WARM_UP_BYTES = 4 << 20          # (a file of a few huge packets is not decoded twice)
 
 
-# -- one-line messages -------------------------------------------------------------------------
-
-def dv_message(e: BaseException) -> str:
-    """The useful line of a dv-processing exception (it adds a C++ location and a stacktrace)."""
-    lines = [ln.strip() for ln in str(e).splitlines()]
-    for ln in lines:
-        if not ln or ln.startswith("Stacktrace") or ln[:1].isdigit() or ln.startswith("/"):
-            continue
-        return ln.split(" - Error info:", 1)[0]
-    return type(e).__name__
-
-
 # -- the source ---------------------------------------------------------------------------------
 
 class Aedat4Source(EventSource):
     live = False
     # Set True (evstream record does) to keep each event array's dv EventStore reachable
-    # through writer.dv_store_of(events), so an .aedat4 -> .aedat4 copy skips the conversion.
+    # through dv_shared.dv_store_of(events), so an .aedat4 -> .aedat4 copy skips the conversion.
     share_dv_stores = False
 
     def __init__(self, path: str, *, width: int | None = None, height: int | None = None,
@@ -174,10 +163,7 @@ class Aedat4Source(EventSource):
             self._rewind()
             self._last_t = np.iinfo(np.int64).min
         side = _SideStreams(self, frame_from_dv, imu_from_dv, triggers_from_dv)
-        remember = None
-        if self.share_dv_stores and self.filters is None:
-            # only then: importing the writer took 16 ms, inside the pipeline's stream
-            from evstream.sources.writer import remember_dv_store as remember
+        remember = remember_dv_store if self.share_dv_stores and self.filters is None else None
         for store in self._dv_batches():
             if len(store) == 0:
                 continue

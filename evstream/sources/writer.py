@@ -54,7 +54,8 @@ end to end into an LZ4 file (tools/bench/io.py --write reproduces them):
 So events are converted by writing them, as the format's raw EventPacket flatbuffers, into a
 small uncompressed AEDAT4 scratch file that dv's reader turns back into native EventStores
 (`_ScratchConverter`); dv's LZ4 writer is then the bottleneck. Events that came from a dv
-source keep their EventStore (remember_dv_store / dv_store_of) and are written as they are.
+source keep their EventStore (dv_shared.remember_dv_store / dv_store_of) and are written as
+they are.
 
 A full disk: dv 2.0.4's write thread calls std::terminate when a write fails, which kills the
 process with nothing said; so every write first checks that ROOM_BYTES stay free (`_room`) and
@@ -76,13 +77,13 @@ import struct
 import tempfile
 import threading
 import time
-import weakref
 from datetime import timedelta
 
 import numpy as np
 
 from evstream.errors import EvstreamError
 from evstream.outpaths import free_bytes
+from evstream.sources.dv_shared import dv_message, dv_store_of
 from evstream.types import EVENT_DTYPE, Frame, Packet
 
 ROOM_BYTES = 16 << 20           # free space a recording leaves: dv aborts on a failed write
@@ -91,26 +92,6 @@ FLUSH_EVENTS = 1 << 18          # numpy events buffered before one conversion + 
 FLUSH_S = 0.25                  # streaming: numpy events wait at most this long (wall time)
 SYNC_S = 0.25                   # streaming: fflush + fdatasync this often
 SCRATCH_PACKET_EVENTS = 1 << 16  # events per EventPacket in the scratch file
-
-
-# -- dv EventStores that travel with our event arrays ----------------------------------------
-
-_DV_STORES: dict[int, tuple[weakref.ref, object]] = {}
-
-
-def remember_dv_store(events: np.ndarray, store) -> None:
-    """Note that `events` is a view of the WHOLE dv EventStore `store` (not a slice of one), so
-    a writer can write the store itself. Forgotten when the array is garbage-collected."""
-    key = id(events)
-    _DV_STORES[key] = (weakref.ref(events, lambda _r, k=key: _DV_STORES.pop(k, None)), store)
-
-
-def dv_store_of(events: np.ndarray):
-    """The dv EventStore remembered for exactly this array (same object, same length), or None."""
-    hit = _DV_STORES.get(id(events))
-    if hit is None or hit[0]() is not events or len(hit[1]) != len(events):
-        return None
-    return hit[1]
 
 
 # -- numpy -> dv EventStores through an uncompressed AEDAT4 scratch file ---------------------
@@ -302,7 +283,7 @@ class Aedat4Writer:
             self._closed = True
             self._close_fd()
             self._remove(self._target)
-            raise EvstreamError(f"{self.path}: cannot create ({_one_line(e)})") from None
+            raise EvstreamError(f"{self.path}: cannot create ({dv_message(e)})") from None
         if not self.atomic:
             self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                              name="aedat4-flush")
@@ -451,7 +432,7 @@ class Aedat4Writer:
         except EvstreamError:
             raise
         except Exception as e:  # noqa: BLE001 - the scratch round trip failing is a bug
-            raise RuntimeError(f"numpy -> dv event conversion failed: {_one_line(e)}") from e
+            raise RuntimeError(f"numpy -> dv event conversion failed: {dv_message(e)}") from e
 
     def _flush_loop(self) -> None:
         """Streaming: every SYNC_S, events that waited FLUSH_S go to dv (when no write() came
@@ -514,7 +495,7 @@ class Aedat4Writer:
             fn(obj)
         except Exception as e:  # noqa: BLE001
             raise EvstreamError(f"{self.path}: writing {stream} failed "
-                                f"({_one_line(e)})") from None
+                                f"({dv_message(e)})") from None
         self.written[stream] += n
 
     def _in_order(self, stream: str, t0: int, t1: int) -> None:
@@ -573,9 +554,3 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _one_line(e: BaseException) -> str:
-    from evstream.sources.recording import dv_message
-
-    return dv_message(e)

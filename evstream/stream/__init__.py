@@ -1,2 +1,3 @@
-"""The streaming plumbing: shared-memory event ring, time/count windows, the zmq wire format,
-telemetry, and the stage processes built on them."""
+"""The streaming plumbing: shared-memory event ring and window slots, time/count windows, the zmq
+wire format and socket factory, the control channel, lifeline and telemetry. The stage
+processes built on them are in evstream/stages/."""

@@ -2,8 +2,8 @@
 
 Two ways in, one `Viewer` underneath:
 
-    viewer_stage(cfg, endpoints)     the pipeline's consumer process (evstream.pipeline starts it):
-                                     binds PULL endpoints["predictions"] (the windows endpoint when
+    stages/viewer.py                 the pipeline's consumer process (`viewer_stage`): binds
+                                     PULL endpoints["predictions"] (the windows endpoint when
                                      there is no worker) and PULL endpoints["side"]
     run_viewer(url, viewer_cfg)      `evstream view tcp://HOST:PORT`: CONNECTs a SUB socket
                                      (topics b"prediction", b"window", b"control") to a worker
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from evstream.config import PipelineConfig, ViewerConfig
+from evstream.config import ViewerConfig
 from evstream.errors import EvstreamError
 from evstream.represent.preview import event_image
 from evstream.stream import sockets, wire
@@ -435,8 +435,9 @@ class Viewer:
         return snap
 
 
-def _wake(viewer: Viewer, poller, sock, side, lossless: bool) -> tuple[bool, bool, bool]:
-    """One wake-up: -> (predictions were queued, end of stream, side channel ended)."""
+def wake(viewer: Viewer, poller, sock, side, lossless: bool) -> tuple[bool, bool, bool]:
+    """One wake-up (a poll of at most POLL_MS) of the viewer stage or `evstream view`:
+    -> (predictions were queued, end of stream, side channel ended)."""
     ready = dict(poller.poll(POLL_MS))
     side_done = False
     if side is not None and side in ready:
@@ -448,60 +449,6 @@ def _wake(viewer: Viewer, poller, sock, side, lossless: bool) -> tuple[bool, boo
     eos = viewer.handle(msgs, stale)
     viewer.pump()
     return True, eos, side_done
-
-
-def _stride_fps(cfg: PipelineConfig) -> float:
-    wc = cfg.window
-    if wc.mode == "time":
-        stride = wc.stride_us or wc.window_us
-        return 1e6 / stride if stride > 0 else 0.0
-    return 0.0
-
-
-# -- the pipeline stage --------------------------------------------------------------------------
-
-def viewer_stage(cfg: PipelineConfig, endpoints: dict) -> None:
-    from evstream.stream.stage import stage_context
-
-    with stage_context(endpoints, "viewer") as link:
-        vc = cfg.viewer or ViewerConfig()
-        sock = side = viewer = None
-        try:
-            viewer = Viewer(vc, lossless=cfg.lossless, fps_hint=_stride_fps(cfg))
-            # predictions, or the windows themselves when there is no worker
-            sock = sockets.open_endpoint(endpoints, sockets.consumer_endpoint(endpoints), "bind",
-                                         hwm=16 if cfg.lossless else 4, linger=0,
-                                         stats=viewer.stats)
-            if endpoints.get("side"):
-                side = sockets.open_endpoint(endpoints, "side", "bind", hwm=256, linger=0,
-                                             stats=viewer.stats)
-            link.ready()
-            info = link.wait_start()
-            viewer.source = " ".join(s for s in (str(info.get("camera") or ""),
-                                                 Path(cfg.source.spec).name) if s)
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            if side is not None:
-                poller.register(side, zmq.POLLIN)
-            interval = max(cfg.telemetry_interval_s / 2, 0.25)
-            next_report = time.monotonic() + interval
-            while True:
-                got, eos, side_done = _wake(viewer, poller, sock, side, cfg.lossless)
-                if side_done:
-                    poller.unregister(side)
-                if eos or viewer.quit or link.should_stop():
-                    break
-                if link.drain_done(bool(got)):      # upstream done and nothing more comes
-                    break
-                if time.monotonic() >= next_report:
-                    link.telemetry(viewer.snapshot_dict())
-                    next_report = time.monotonic() + interval
-        finally:
-            if viewer is not None:
-                viewer.close()
-                link.telemetry(viewer.snapshot_dict(), final=True)
-            sockets.close(sock)
-            sockets.close(side)
 
 
 # -- `evstream view` -----------------------------------------------------------------------------
@@ -541,7 +488,7 @@ def run_viewer(url: str, viewer_cfg: ViewerConfig | None = None, *, stream: str 
         poller.register(sock, zmq.POLLIN)
         next_status = time.monotonic() + status_every_s if status and status_every_s else None
         while not viewer.quit:
-            _, eos, _ = _wake(viewer, poller, sock, None, lossless)
+            _, eos, _ = wake(viewer, poller, sock, None, lossless)
             if eos:
                 break
             if next_status is not None and time.monotonic() >= next_status:

@@ -85,7 +85,7 @@ def source_alone(path: str) -> float:
     into a live ring nobody reads (so it never waits), as the source stage does. The ceiling
     of the pipeline's lossless rate on a machine with a free core for every other stage."""
     from evstream.config import SourceConfig
-    from evstream.sources.stage import open_configured_source, write_checked
+    from evstream.stages.source import open_configured_source, write_checked
     from evstream.stream.ring import EventRing
 
     src = open_configured_source(SourceConfig(spec=path, speed=None))

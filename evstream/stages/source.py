@@ -7,6 +7,8 @@ does; live mode drops and counts (`dropped_side`) instead of stalling the events
 
 The source is opened inside this process (a camera handle or socket cannot cross processes), so a
 bad path or a missing camera is reported from here as a user error and the launcher exits 2.
+It opens with the typed options the command built (`cfg.source.options`, sources/options.py),
+paced where the pipeline asks for it (`speed`, `loop`, `start_s`, `end_s`).
 In lossless mode the ring writer waits for the slowest reader, in slices, so that a stop request
 is seen within a few milliseconds even while it waits.
 """
@@ -14,23 +16,20 @@ is seen within a few milliseconds even while it waits.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
-from evstream.config import PipelineConfig
+from evstream.config import PipelineConfig, SourceConfig
 from evstream.stream import sockets
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
 
 
-def open_configured_source(cfg):
+def open_configured_source(cfg: SourceConfig):
     """SourceConfig -> EventSource (paced for finite sources)."""
-    from evstream.commands.common import open_from_args
+    from evstream.sources.options import open_configured
     from evstream.sources.pacing import paced
 
-    ns = SimpleNamespace(**cfg.options)
-
     def reopen():
-        return open_from_args(ns, spec=cfg.spec)
+        return open_configured(cfg.spec, cfg.options)
 
     src = reopen()
     if not src.live and (cfg.speed is not None or cfg.loop or cfg.start_s or cfg.end_s):
@@ -92,11 +91,11 @@ def source_stage(cfg: PipelineConfig, endpoints: dict) -> None:
 def _recorder(src, path: str):
     """`run --record OUT.aedat4`: everything the source reads, written as it streams (atomic:
     the file appears under its name when the stage closes it)."""
-    from evstream.commands.record import SIDE, _declared_streams
+    from evstream.sources.base import SIDE_STREAMS, declared_side_streams
     from evstream.sources.writer import Aedat4Writer
 
-    side = _declared_streams(src)
-    side = set(SIDE) if side is None else side
+    side = declared_side_streams(src)
+    side = set(SIDE_STREAMS) if side is None else side
     return Aedat4Writer(path, width=src.width, height=src.height, camera=src.camera or "unknown",
                         frames="frames" in side, imu="imu" in side, triggers="triggers" in side,
                         frame_size=getattr(src, "frame_size", None))

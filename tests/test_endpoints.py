@@ -192,7 +192,10 @@ def test_view_help_example_end_to_end_with_junk_on_every_tcp_endpoint(capsys, tm
     assert all(j.done.is_set() and j.refused for j in junk)
     s = json.loads(r.stdout)
     assert s["predictions"] > 0 and s["windows"] == s["predictions"]
-    assert s["malformed_messages"] >= 3 * len(MESSAGES), s
+    # live mode: the one junk message that is a well-formed window header may be dropped as
+    # stale (a newer window of its stream came in the same batch) before it is checked, and is
+    # then counted among the dropped windows instead
+    assert s["malformed_messages"] >= 3 * (len(MESSAGES) - 1), s
     assert s["oversized_messages"] >= 3 * OVERSIZED
     assert s["rejected_peers"] >= 4 and s["last_wire_error"]
     assert s["endpoints"]["publish"] == f"tcp://127.0.0.1:{port}"

@@ -140,7 +140,12 @@ class _WindowStage:
             self.out = BufferPool(shape)
         speed = self.cfg.source.speed
         self.deadline_us = int(wc.deadline_ms * 1000)
-        self.use_deadline = self.deadline_us > 0 and speed is not None and wc.mode == "time"
+        # the deadline closes a window by the wall clock, so events of a source that stalls
+        # longer (a paced replay on a loaded machine) would miss it: a lossless replay waits
+        # for its events instead (a live source, or one on another host, keeps the deadline)
+        live = bool(info.get("live", True))
+        self.use_deadline = (self.deadline_us > 0 and speed is not None and wc.mode == "time"
+                             and (live or not self.lossless))
         # incremental representation of the open time window (see represent/voxel.py), only
         # where latency means something: paced replays and live sources (a --speed max replay
         # has no wall-clock window end; there it would only add work)

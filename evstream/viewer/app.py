@@ -48,6 +48,7 @@ import ctypes
 import ctypes.util
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -358,16 +359,25 @@ class Viewer:
         elif ch == "b":
             self.use_background = not self.use_background
         elif ch == "s":
-            self.snapshot()
+            self._keep_going(self.snapshot, "snapshot")
             return
         elif ch == "r":
-            self.toggle_recording()
+            self._keep_going(self.toggle_recording, "recording")
         else:
             return
         if self.last is not None and self.window_open:    # show the change, paused or not
             import cv2
 
             cv2.imshow(self.vc.title, self.render())
+
+    def _keep_going(self, action, what: str) -> None:
+        """A snapshot or recording the user asked for that cannot be written (no folder, no
+        permission, disk full) is one line on stderr and a counter; the viewer goes on."""
+        try:
+            action()
+        except EvstreamError as e:
+            self.tel.count("snapshot_errors", 1)
+            print(f"evstream: {what} not saved: {e}", file=sys.stderr, flush=True)
 
     def snapshot(self) -> Path | None:
         if self.frame is None:

@@ -54,3 +54,15 @@ def run_evstream(*args, timeout=120) -> subprocess.CompletedProcess:
     """`python -m evstream ARGS` in a child process from the checkout root, text output captured."""
     return subprocess.run([sys.executable, "-m", "evstream", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_leftovers():
+    """Shared memory left by a launcher that is gone (another test run on this machine, a
+    killed process) is removed before each test, as the next evstream run would, so a test's
+    own run does not print the launcher's one-line notice about it. Tests that leave segments on
+    purpose check that notice themselves, within the test."""
+    from evstream.stream import lifeline
+
+    lifeline.remove_stale()
+    yield

@@ -15,7 +15,9 @@ import pytest
 
 from conftest import ROOT, random_events
 from evstream.errors import EvstreamError, SourceError
-from test_outpaths import evstream_line, needs_mount, on_full_disk, one_line_error
+from test_outpaths import (evstream_line, needs_mount, on_full_disk, one_line_error,
+                           record_on_full_disk)
+from test_record import dv_events
 
 SRC = "synthetic:?seed=1&rate=1e5&duration=0.3"
 
@@ -365,20 +367,11 @@ def test_read_only_output_is_one_line(tmp_path, args, words):
 def test_run_record_to_a_full_disk_keeps_what_it_recorded(tmp_path):
     """`run --record`, as `record` (tests/test_outpaths.py): the recorder stops before
     dv-processing would abort, one line, exit 2, and OUT is a file dv reads."""
-    line = (evstream_line("run", "synthetic:?rate=5000000&duration=20", "--record", "OUT",
-                          "--no-model", "--no-viewer", "--status-every", "0")
-            .replace("OUT", "$FULL/x.aedat4")
-            + "; rc=$?; cp $FULL/x.aedat4 " + shlex.quote(str(tmp_path / "kept.aedat4"))
-            + "; exit $rc")
-    r, _ = on_full_disk(tmp_path, line, size="24m")
+    r, kept = record_on_full_disk(tmp_path, "run", "synthetic:?rate=5000000&duration=20",
+                                  "--record", "OUT", "--no-model", "--no-viewer",
+                                  "--status-every", "0")
     one_line_error(r, "disk full")
-    import dv_processing as dv
-    rec = dv.io.MonoCameraRecording(str(tmp_path / "kept.aedat4"))
-    n = 0
-    while rec.isRunning():
-        batch = rec.getNextEventBatch()
-        if batch is not None:
-            n += len(batch)
+    n = len(dv_events(kept))
     assert n > 0
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from evstream.errors import EvstreamError
 from evstream.outpaths import check_free, ensure_dir, output_errors, reason
+from test_record import dv_events
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "evdistill-r18q-seg"
@@ -175,21 +176,22 @@ def test_viewer_outputs_on_a_full_disk(tmp_path, realdata, out):
     one_line_error(r, "disk full")
 
 
+def record_on_full_disk(tmp_path, *args):
+    """An evstream command recording into OUT on a 24 MiB file system -> (its result, a copy
+    of OUT taken before the file system goes away)."""
+    kept = tmp_path / "kept.aedat4"
+    line = (evstream_line(*args).replace("OUT", "$FULL/x.aedat4")
+            + f"; rc=$?; cp $FULL/x.aedat4 {shlex.quote(str(kept))}; exit $rc")
+    r, _ = on_full_disk(tmp_path, line, size="24m")
+    return r, kept
+
+
 @needs_mount
 def test_record_to_a_full_disk_keeps_what_it_recorded(tmp_path):
     """dv-processing 2.0.4 would abort on the failed write: the writer stops first, with room
     left to finish the file, which dv then reads."""
-    line = (evstream_line("record", "OUT", "--source", "synthetic:?rate=5000000&duration=20")
-            .replace("OUT", "$FULL/x.aedat4")
-            + "; rc=$?; cp $FULL/x.aedat4 " + shlex.quote(str(tmp_path / "kept.aedat4"))
-            + "; exit $rc")
-    r, _ = on_full_disk(tmp_path, line, size="24m")
+    r, kept = record_on_full_disk(tmp_path, "record", "OUT", "--source",
+                                  "synthetic:?rate=5000000&duration=20")
     err = one_line_error(r, "disk full", "recording stopped", "keeps what was recorded")
-    import dv_processing as dv
-    rec = dv.io.MonoCameraRecording(str(tmp_path / "kept.aedat4"))
-    n = 0
-    while rec.isRunning():
-        batch = rec.getNextEventBatch()
-        if batch is not None:
-            n += len(batch)
+    n = len(dv_events(kept))
     assert n > 0 and f"{n:,} events" in err, (n, err)

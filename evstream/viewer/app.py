@@ -57,11 +57,12 @@ import zmq
 
 from evstream.config import ViewerConfig
 from evstream.errors import EvstreamError
+from evstream.outpaths import ensure_dir
 from evstream.represent.preview import event_image
 from evstream.stream import sockets, wire
 from evstream.stream.telemetry import StageTelemetry
 from evstream.viewer import overlay
-from evstream.viewer.video import VideoOut, ensure_dir, write_png
+from evstream.viewer.video import VideoOut, write_png
 
 POLL_MS = 20
 DRAWABLE = wire.DRAWABLE_KINDS

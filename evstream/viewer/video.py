@@ -29,7 +29,7 @@ import numpy as np
 
 from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
-from evstream.outpaths import check_free, ensure_dir, output_errors  # noqa: F401 (ensure_dir: re-export)
+from evstream.outpaths import check_free, ensure_dir
 from evstream.viewer.overlay import PANEL_BGR
 
 FOURCCS = ("mp4v", "avc1")

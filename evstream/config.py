@@ -48,6 +48,7 @@ class InferConfig:
     device: str = "auto"                        # "auto" (cuda if available) | "cpu" | "cuda[:N]"
     threads: int = 0                            # CPU torch threads; 0 = chosen from the cores
     precision: str = "auto"                     # "auto" (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    fp32_math: str = "ieee"                     # CUDA fp32 convs/matmuls: "ieee" (strict) | "tf32"
     cuda_graphs: bool = False                   # capture the forward pass (CUDA, fixed batch)
     compile: bool = False                       # torch.compile the model
     max_batch: int = 8                          # windows of several streams batched together

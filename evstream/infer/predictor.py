@@ -32,8 +32,18 @@ size up to `max_batch` so no autotuning happens while streaming. With `cuda_grap
 device part (geometry, network, post-processing) is captured once per batch size 1..max_batch,
 each graph with its own static input and output tensors and its own memory pool (graphs are
 replayed in any order, so they must not share one); a batch is then one copy into the static
-input, one replay and one copy out. `compile` wraps the model in torch.compile (dynamic=False:
-one specialised graph per batch size, all compiled during the warm-up).
+input, one replay and one copy out. `fp32_math` says how CUDA computes what runs in fp32 (the
+whole network with precision fp32, the parts autocast leaves in fp32 otherwise): "ieee" (strict,
+the default) or "tf32" (evstream.infer.fp32_math; torch's own default would be TF32 convolutions).
+
+`compile` wraps the model in torch.compile (dynamic=False: one specialised graph per batch size
+and network input size, all compiled during the warm-up; True means the inductor backend, a
+string names another). dynamo keeps at most `recompile_limit` graphs per function (8 by default)
+and past that runs the function eagerly with one log line. A worker warms up twice (at the size
+it guesses, then at the real sensor size) and max_batch is 8, so the default limit was spent by
+the first warm-up: the predictor raises the limit to cover every shape compiled in this process,
+and during its warm-up a limit hit raises instead of falling back; if that still happens it runs
+eagerly on purpose and says so in `info["compile_status"]` and a warning, never silently.
 
 `check_compatible(model_config, window_cfg)` is what the launcher calls before any process
 starts: the pipeline must compute the representation the model was trained on.
@@ -51,11 +61,16 @@ import torch
 from evstream.errors import EvstreamError
 from evstream.infer.device import (configure_threads, precision_name, resolve_device,
                                    resolve_precision)
+from evstream.infer.fp32_math import check_fp32_math, set_fp32_math
 
 log = logging.getLogger("evstream.infer")
 
 TASKS = ("segmentation", "classification")
 IGNORE_LABEL = 255
+# network input shapes compiled in this process, per (model class, precision, device): dynamo's
+# recompile limit counts the graphs of one function (the model class's forward), whatever the
+# instance, so the budget is counted the same way
+_COMPILED: dict[tuple, set] = {}
 
 
 # -- compatibility with the pipeline ---------------------------------------------------------------
@@ -112,13 +127,25 @@ def check_compatible(model_config: dict, window_cfg) -> list[str]:
     return warnings
 
 
+def cover_recompile_limit(graphs: int) -> int:
+    """Raise dynamo's per-function recompile limit to at least `graphs`; returns the limit."""
+    import torch._dynamo as dynamo
+
+    key = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") \
+        else "cache_size_limit"                           # its name before torch 2.6
+    if getattr(dynamo.config, key) < graphs:
+        setattr(dynamo.config, key, graphs)
+    return getattr(dynamo.config, key)
+
+
 # -- the predictor ---------------------------------------------------------------------------------
 
 class Predictor:
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto",
                  precision: str = "auto", threads: int = 0, cuda_graphs: bool = False,
-                 compile: bool = False, warmup: int = 3, topk: int = 5, max_batch: int = 8,
-                 sensor_hw: tuple[int, int] | None = None):
+                 compile: bool | str = False, warmup: int = 3, topk: int = 5,
+                 max_batch: int = 8, sensor_hw: tuple[int, int] | None = None,
+                 fp32_math: str = "ieee"):
         self.config = config
         self.name = str(config.get("name", "?"))
         self.task = config.get("task")
@@ -152,14 +179,19 @@ class Predictor:
         if self.use_graphs and not self.cuda:
             raise EvstreamError("--cuda-graphs needs a CUDA device")
         self.compiled = bool(compile)
+        self.compile_backend = compile if isinstance(compile, str) else "inductor"
+        self.compile_status = "off"
+        self.fp32_math = check_fp32_math(fp32_math, "--fp32-math") if self.cuda else "ieee"
         if self.cuda:
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True     # shapes are fixed per batch size
+            set_fp32_math(self.fp32_math)
         model = model.eval().to(self.device)
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
+        self._eager_model = model
         if self.compiled:
-            model = torch.compile(model, dynamic=False)
+            model = torch.compile(model, dynamic=False, backend=self.compile_backend)
         self.model = model
         self.sensor_hw: tuple[int, int] | None = None
         self.last_timing_ms: dict = {}
@@ -178,15 +210,17 @@ class Predictor:
         return cls(model, config, device=infer_cfg.device, precision=infer_cfg.precision,
                    threads=infer_cfg.threads, cuda_graphs=infer_cfg.cuda_graphs,
                    compile=infer_cfg.compile, warmup=infer_cfg.warmup, topk=infer_cfg.topk,
-                   max_batch=infer_cfg.max_batch, sensor_hw=sensor_hw)
+                   max_batch=infer_cfg.max_batch, sensor_hw=sensor_hw,
+                   fp32_math=getattr(infer_cfg, "fp32_math", "ieee"))
 
     @property
     def info(self) -> dict:
         """What the worker announces and stamps on its messages (JSON-able)."""
         return {"model": self.name, "device": str(self.device), "trained": self.trained,
                 "task": self.task, "precision": precision_name(self.autocast_dtype),
-                "threads": self.threads, "cuda_graphs": self.use_graphs,
-                "compile": self.compiled, "max_batch": self.max_batch,
+                "fp32_math": self.fp32_math, "threads": self.threads,
+                "cuda_graphs": self.use_graphs, "compile": self.compiled,
+                "compile_status": self.compile_status, "max_batch": self.max_batch,
                 "classes": list(self.config.get("classes") or []),
                 "colors": [list(c) for c in self.config.get("colors") or []]}
 
@@ -216,8 +250,44 @@ class Predictor:
             self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            self._warm_up()
+            if self.compiled and self.model is not self._eager_model:
+                self._warm_up_compiled()
+            else:
+                self._warm_up()
         self.warmup_s = time.perf_counter() - t0
+
+    def _warm_up_compiled(self) -> None:
+        """The warm-up with torch.compile: every shape compiled now, within a recompile limit
+        raised to cover them, or a visible fallback to eager (see the module comment)."""
+        import torch._dynamo as dynamo
+        from evstream.nn.geometry import network_input_hw
+
+        key = (type(self._eager_model).__qualname__, precision_name(self.autocast_dtype),
+               str(self.device))
+        shapes = _COMPILED.setdefault(key, set())
+        hw = network_input_hw(self.input_cfg, self.sensor_hw)
+        shapes.update((n, self.in_channels, *hw) for n in range(1, self.max_batch + 1))
+        limit = cover_recompile_limit(len(shapes))
+        fail_key = next((k for k in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+                         if hasattr(dynamo.config, k)), None)
+        strict = dynamo.config.patch(**{fail_key: True}) if fail_key else contextlib.nullcontext()
+        try:
+            with strict:
+                self._warm_up()
+        except Exception as e:  # noqa: BLE001 - dynamo's limit exception, whatever its module
+            said = f"{type(e).__name__}: {e}"              # (the first pass wraps it in a line)
+            if not any(k in said for k in ("RecompileLimitHit", "CacheLimitHit")):
+                raise
+            self.model = self._eager_model
+            self.compile_status = (f"eager: torch.compile hit its recompile limit "
+                                   f"({limit} graphs) at "
+                                   f"{self.sensor_hw[1]}x{self.sensor_hw[0]}")
+            log.warning("model %r: %s", self.name, self.compile_status)
+            self._graphs = {}
+            self._warm_up()
+            return
+        self.compile_status = (f"compiled ({self.compile_backend}): batch 1-{self.max_batch} at "
+                               f"network input {hw[1]}x{hw[0]}")
 
     def _warm_up(self) -> None:
         gen = torch.Generator(device="cpu").manual_seed(0)

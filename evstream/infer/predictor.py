@@ -141,6 +141,8 @@ def cover_recompile_limit(graphs: int) -> int:
 # -- the predictor ---------------------------------------------------------------------------------
 
 class Predictor:
+    backend = "torch"           # what runs the network (infer/onnx_backend.py: "onnxruntime")
+
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto",
                  precision: str = "auto", threads: int = 0, cuda_graphs: bool = False,
                  compile: bool | str = False, warmup: int = 3, topk: int = 5,
@@ -217,7 +219,7 @@ class Predictor:
     def info(self) -> dict:
         """What the worker announces and stamps on its messages (JSON-able)."""
         return {"model": self.name, "device": str(self.device), "trained": self.trained,
-                "task": self.task, "precision": precision_name(self.autocast_dtype),
+                "backend": self.backend, "task": self.task, "precision": precision_name(self.autocast_dtype),
                 "fp32_math": self.fp32_math, "threads": self.threads,
                 "cuda_graphs": self.use_graphs, "compile": self.compiled,
                 "compile_status": self.compile_status, "max_batch": self.max_batch,

@@ -219,7 +219,8 @@ class Predictor:
     def info(self) -> dict:
         """What the worker announces and stamps on its messages (JSON-able)."""
         return {"model": self.name, "device": str(self.device), "trained": self.trained,
-                "backend": self.backend, "task": self.task, "precision": precision_name(self.autocast_dtype),
+                "backend": self.backend, "task": self.task,
+                "precision": precision_name(self.autocast_dtype),
                 "fp32_math": self.fp32_math, "threads": self.threads,
                 "cuda_graphs": self.use_graphs, "compile": self.compiled,
                 "compile_status": self.compile_status, "max_batch": self.max_batch,

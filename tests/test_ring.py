@@ -797,13 +797,15 @@ def test_a_writer_loads_its_copy_kernel_when_it_takes_its_role():
     writable and read-only events, not at the first write: there it cost the pipeline's
     source 3-4.5 ms inside the stream. Run in a fresh process, where nothing loaded it yet."""
     code = textwrap.dedent("""
+        import sys
         import numpy as np
         from evstream.stream import ring as ring_mod
         from evstream.stream.ring import EventRing
         from evstream.types import EVENT_DTYPE
         r = EventRing.create(1 << 12)
         try:
-            before = len(ring_mod._copy_checked.signatures)
+            # making the ring (all the launcher does with it) loads no Numba
+            before = "numba" in sys.modules
             w = r.writer("lossless")
             after = {str(s[0]) for s in ring_mod._copy_checked.signatures}
             ev = np.zeros(3, EVENT_DTYPE)
@@ -819,4 +821,4 @@ def test_a_writer_loads_its_copy_kernel_when_it_takes_its_role():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ["0", "2", "True"]
+    assert out == ["False", "2", "True"]

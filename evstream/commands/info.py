@@ -24,8 +24,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from evstream.commands.common import add_source_args, open_from_args, source_spec
 from evstream.errors import EvstreamError
 
@@ -56,6 +54,8 @@ class PeakRate:
         self.peak = 0
 
     def add(self, t: np.ndarray) -> None:
+        import numpy as np
+
         if not len(t):
             return
         if self.t0 is None:
@@ -77,6 +77,8 @@ class PeakRate:
 
 def describe_source(src, path: str | None, progress: bool = False) -> dict:
     """Read every packet of src and return the info dict (see module doc)."""
+    import numpy as np
+
     n = on = frames = imu = triggers = 0
     t_start = t_end = None
     peak = PeakRate()

@@ -69,7 +69,6 @@ import secrets
 import struct
 import time
 
-import numba
 import numpy as np
 
 from evstream.stream import shm
@@ -344,29 +343,18 @@ class EventRing:
         return out
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def _copy_checked(src, dst, last_t, width, height):
-    """Copy events (as int64 word pairs: t, then x | y << 16 | p << 32) from src to dst while
-    each is inside width x height and no older than the one before it (the first: than
-    last_t); -> the index of the first that is not (len(src) when all are)."""
-    prev = last_t
-    uw = np.uint64(width)
-    uh = np.uint64(height)
-    for i in range(src.shape[0]):
-        t = src[i, 0]
-        w = src[i, 1]
-        if t < prev or np.uint64(w & 0xFFFF) >= uw or np.uint64((w >> 16) & 0xFFFF) >= uh:
-            return i
-        dst[i, 0] = t
-        dst[i, 1] = w
-        prev = t
-    return src.shape[0]
+_copy_checked = None    # stream/ring_kernel.copy_checked, imported by the first writer (below):
+                        # the launcher, which only creates the ring, never loads Numba
 
 
 def _load_copy_kernel(words: np.ndarray) -> None:
     """Load _copy_checked for the arrays a writer passes it (writable and read-only events)
     when the writer takes its role: loaded from Numba's cache at the first write instead, it
     cost the pipeline's source 3-4.5 ms inside the stream."""
+    global _copy_checked
+    if _copy_checked is None:
+        from evstream.stream.ring_kernel import copy_checked
+        _copy_checked = copy_checked
     src = np.zeros((0, 2), np.int64)
     _copy_checked(src, words[:0], 0, 1, 1)
     src.flags.writeable = False

@@ -2,8 +2,9 @@
 
 The config is built in this order, each step overriding the last: the preset (or --config FILE,
 or with --resume and neither given, the run's own RUN/config.json), then the dedicated flags
-(--data, --out, --stage, --setting, --teacher, --device, --threads), then every --set
-key.path=value in order. The resolved config is printed once it is checked (on stderr with
+(--data, --out, --stage, --setting, --teacher, --device, --threads, --amp, --fp32-math), then
+every --set key.path=value in order. The device is checked before any data loads (a GPU this
+machine does not have is one line, exit 2). The resolved config is printed once it is checked (on stderr with
 --json, where stdout carries only the summary object) and saved as RUN/config.json and
 RUN/config.toml.
 
@@ -34,6 +35,9 @@ EXAMPLES = """  evstream train --preset tiny --data data/seg --out runs/tiny
       --set data.hflip=false --set data.shift=3 --set data.window_us=400000
   evstream train --preset tiny --data data/seg --out runs/s2 --stage 2 --teacher runs/tiny/teacher
   evstream train --out runs/tiny --resume                      # continue a killed run
+  evstream train --preset realtime --data data/seg --out runs/rt --device cuda --amp bf16
+  evstream train --preset cpu --data data/seg --out runs/g --device cuda:1 --amp off \
+      --fp32-math tf32
   evstream train --preset tiny --data d --out r --set stage2.iterations=50 --set loss.affinity=0
   python -m torch.distributed.run --nproc_per_node 2 -m evstream train --preset tiny ..."""
 
@@ -56,7 +60,14 @@ def configure(p) -> None:
                    help="continue RUN from its last checkpoint (stages already done are kept)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. stage2.iterations=50 (repeatable)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N (under torchrun every "
+                   "rank uses cuda:LOCAL_RANK)")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"),
+                   help="mixed precision: auto (default: bf16 on CUDA, or fp16 with a "
+                   "GradScaler where bf16 is missing; off on CPU), off, bf16, fp16 (CUDA)")
+    p.add_argument("--fp32-math", choices=("ieee", "tf32"),
+                   help="how CUDA computes fp32 convolutions and matmuls: ieee (strict, "
+                   "default) or tf32 (tensor cores, ~1e-3 relative)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                    help="no progress (a bar on a terminal, a line every 30 s elsewhere)")
@@ -96,7 +107,8 @@ def build_config(args) -> C.TrainCfg:
     if args.data is not None:
         changes["data"] = replace(cfg.data, root=args.data)
     for flag, key in (("out", "out"), ("stage", "stage"), ("setting", "setting"),
-                      ("teacher", "teacher_ckpt"), ("device", "device"), ("threads", "threads")):
+                      ("teacher", "teacher_ckpt"), ("device", "device"), ("threads", "threads"),
+                      ("amp", "amp"), ("fp32_math", "fp32_math")):
         value = getattr(args, flag)
         if value is not None:
             changes[key] = value
@@ -107,9 +119,12 @@ def build_config(args) -> C.TrainCfg:
 
 
 def _human(summary: dict) -> str:
+    amp = summary.get("amp", "off")
     lines = [f"run         {summary['run']}  ({summary['preset']} preset, {summary['setting']} "
              f"setting, {summary['task']}, {summary['world_size']} process(es) on "
-             f"{summary['device']})"]
+             f"{summary['device']}, amp {amp}"
+             + (f", fp32 math {summary['fp32_math']}" if "cuda" in summary["device"] else "")
+             + ")"]
     for stage, s in summary["stages"].items():
         name = "teacher" if stage == "1" else "student"
         if s.get("skipped"):
@@ -133,9 +148,11 @@ def _pct(v) -> str:
 
 
 def main(args) -> int:
+    from evstream.distill.runtime import check_device, resolve_amp
     from evstream.distill.train import main as train_main
 
     cfg = build_config(args)
+    resolve_amp(cfg.amp, check_device(cfg.device))     # before the data and networks load
     if cfg.out:
         check_can_create(cfg.out, "run")        # before the data and the networks load
     rank0 = int(os.environ.get("RANK", "0")) == 0

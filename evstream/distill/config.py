@@ -157,7 +157,11 @@ class TrainCfg:
     stage: str = "all"                 # "1" | "2" | "all"
     teacher_ckpt: str = ""             # --teacher: skip stage 1, load this teacher
     seed: int = 0
-    device: str = "auto"               # "auto" | "cpu" | "cuda[:N]"
+    device: str = "auto"               # "auto" | "cpu" | "cuda[:N]" (under torchrun: cuda:LOCAL_RANK)
+    amp: str = "auto"                  # mixed precision: "auto" (CUDA: bf16, or fp16 + GradScaler
+                                       # where there is no bf16; CPU: off) | "off" | "bf16" |
+                                       # "fp16" (CUDA only); see runtime.py
+    fp32_math: str = "ieee"            # CUDA fp32 convs/matmuls: "ieee" (strict) | "tf32"
     threads: int = 0                   # torch CPU threads; 0 = torch's default
     progress: bool = True              # tqdm bars on stderr
     tensorboard: bool = True           # RUN/tb event files, when tensorboard is installed
@@ -365,6 +369,10 @@ def _validate(cfg: TrainCfg) -> TrainCfg:
                                 f"eval_every >= 0")
         if st.optim.name not in ("sgd", "adam"):
             raise EvstreamError(f"config {name}.optim.name: {st.optim.name!r} is not sgd or adam")
+    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+        raise EvstreamError(f"config amp: {cfg.amp!r} is not one of auto, off, bf16, fp16")
+    if cfg.fp32_math not in ("ieee", "tf32"):
+        raise EvstreamError(f"config fp32_math: {cfg.fp32_math!r} is not ieee or tf32")
     tw = cfg.loss.teacher_class_weights
     if tw is not None and not all(isinstance(v, (int, float)) and v >= 0 for v in tw):
         raise EvstreamError("config loss.teacher_class_weights: a list of numbers >= 0")

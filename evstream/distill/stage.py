@@ -3,14 +3,23 @@
     net, val_metrics, summary = run_stage(stage, cfg, d, run_dir, info, models, log, resume)
 
 See evstream/distill/train.py for the run directory, determinism and DDP.
+
+Mixed precision (d.amp, from cfg.amp; runtime.py): the forward pass and its loss terms run under
+torch.autocast (losses that autocast keeps in fp32 stay there: softmax, KL, cross-entropy);
+the backward and the optimiser step in fp32. fp16 adds a GradScaler (the loss scaled before the
+backward, gradients unscaled before clipping, a step skipped when they overflow); its state is
+saved with the training state, so a resumed fp16 run continues with the same scale. Evaluation
+runs in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +138,7 @@ class StageRun:
     last_val: dict = field(default_factory=dict)
     start_time: float = 0.0
     last_lr: float = 0.0
+    scaler: object = None             # torch.amp.GradScaler with fp16 autocast, else None
 
     @property
     def scfg(self) -> C.StageCfg:
@@ -161,20 +171,38 @@ class StageRun:
                           global_batch=self.scfg.batch_size, segmentation=seg)
         return out
 
+    def autocast(self):
+        if self.d.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.d.device.type, dtype=self.d.amp)
+
     def step(self, batch: dict) -> dict:
-        terms = self.engine(batch)
+        with self.autocast():
+            terms = self.engine(batch)
         disc = terms.pop(DISC_KEY, None)
         total, _ = L.total_loss(terms, self.info["weights"])
         loss = total if disc is None else total + disc
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self.scaler
+        (loss if scaler is None else scaler.scale(loss)).backward()
         clip = self.scfg.optim.grad_clip
         if clip > 0:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in self.task.parameters() if p.requires_grad],
                                            clip)
         self.last_lr = self.lr()          # the rate this step used (logged with its row)
-        self.optimizer.step()
-        self.scheduler.step()
+        if scaler is None:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            scale = scaler.get_scale()
+            scaler.step(self.optimizer)
+            scaler.update()
+            with warnings.catch_warnings():
+                if scaler.get_scale() < scale:    # overflow: the step was skipped, and the
+                    warnings.simplefilter("ignore")   # schedule warns of a missing step
+                self.scheduler.step()
         values = {k: v.detach() for k, v in terms.items()}
         if disc is not None:
             values[DISC_KEY] = disc.detach()
@@ -246,7 +274,9 @@ class StageRun:
                           modules=self.task.trainable(), optimizers={"main": self.optimizer},
                           schedulers={"main": self.scheduler}, config=self.cfg.as_dict(),
                           rng=every, extra={"done": done, "total": self.total, "bpe": self.bpe,
-                                            "world": self.d.world, "val": self.last_val})
+                                            "world": self.d.world, "val": self.last_val,
+                                            **({"scaler": self.scaler.state_dict()}
+                                               if self.scaler is not None else {})})
             if not done:
                 msg = (f"stage {self.stage}: checkpoint at iteration {self.it} -> "
                        f"{self.dir / 'state.pt'}")
@@ -349,7 +379,9 @@ def run_stage(stage: int, cfg: C.TrainCfg, d: Dist, run_dir: Path, info: dict,
 
     run = StageRun(stage=stage, cfg=cfg, d=d, run_dir=run_dir, info=info, task=task,
                    engine=engine, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                   sampler=sampler, val_loader=val_loader, log=log, total=total, bpe=bpe)
+                   sampler=sampler, val_loader=val_loader, log=log, total=total, bpe=bpe,
+                   scaler=torch.amp.GradScaler(d.device.type) if d.amp == torch.float16
+                   else None)
     if state is not None:
         if state["stage"] != stage:
             raise EvstreamError(f"{state_path}: holds stage {state['stage']}, not {stage}")
@@ -362,6 +394,8 @@ def run_stage(stage: int, cfg: C.TrainCfg, d: Dist, run_dir: Path, info: dict,
                        world=d.world)
         run.it = int(state["iteration"])
         run.last_val = state["extra"].get("val") or {}
+        if run.scaler is not None and state["extra"].get("scaler"):
+            run.scaler.load_state_dict(state["extra"]["scaler"])
         if d.main:
             log.truncate(stage, run.it)
     elif d.main:

@@ -61,7 +61,7 @@ from evstream.distill.build import load_teacher, sync_bn, build_network, model_c
 from evstream.distill.evaluate import evaluate
 from evstream.distill.metrics_log import COLUMNS, TERMS, MetricsLog
 from evstream.distill.optim import WarmupPoly, make_optimizer
-from evstream.distill.runtime import Dist, init_distributed
+from evstream.distill.runtime import Dist, amp_name, init_distributed
 from evstream.distill.stage import (STAGE_DIRS, StageRun, content_hw, open_split, run_stage,
                                     train_one_epoch)
 from evstream.distill.task import build_bmr, build_discriminator, freeze, loss_weights, \
@@ -169,6 +169,8 @@ def _main(cfg: C.TrainCfg, d: Dist, resume: bool, on_start) -> dict:
     t0 = time.perf_counter()
     summary = {"run": str(run_dir), "preset": cfg.preset, "setting": cfg.setting,
                "task": info["task"], "world_size": d.world, "device": str(d.device),
+               "amp": amp_name(d.amp),
+               "fp32_math": cfg.fp32_math if d.device.type == "cuda" else "ieee",
                "stages": {}}
     teacher = None
     try:

@@ -8,11 +8,13 @@
     file.dat                           Prophesee DAT (Event2d TD); jAER .dat is detected by header
     file.bin                           N-MNIST / N-Caltech101 40-bit ATIS
     file.npz / file.npy / file.h5      event arrays (t,x,y,p fields or DSEC-style events/{t,x,y,p})
+    file.bag, BAG_FOLDER/, file.mcap   ROS 1 bags, ROS 2 bags (sqlite3 / mcap): event topics
     camera:davis346[?serial=...]       a live iniVation camera (dv-processing)
     tcp://host:port, unix:///path      a dv-processing NetworkWriter stream (DV software, evstream)
     synthetic:[?seed=..&rate=..]       deterministic moving shapes
 
-Readers register themselves with `register_reader(suffixes, opener)` or `register_scheme`.
+Readers register themselves with `register_reader(suffixes, opener)`, `register_scheme`, or
+`register_folder(marker, opener)` for recordings that are a folder holding a marker file.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from evstream.errors import SourceError
 if TYPE_CHECKING:
     from evstream.sources.base import EventSource, SourceStats
 
-__all__ = ["EventSource", "SourceStats", "open_source", "register_reader", "register_scheme"]
+__all__ = ["EventSource", "SourceStats", "open_source", "register_folder", "register_reader",
+           "register_scheme"]
 
 _READERS: dict[str, Callable[..., EventSource]] = {}
 _SCHEMES: dict[str, Callable[..., EventSource]] = {}
+_FOLDERS: dict[str, Callable[..., EventSource]] = {}     # marker file name -> opener
 _LOADED = False
 
 
@@ -51,6 +55,10 @@ def register_scheme(scheme: str, opener: Callable[..., EventSource]) -> None:
     _SCHEMES[scheme] = opener
 
 
+def register_folder(marker: str, opener: Callable[..., EventSource]) -> None:
+    _FOLDERS[marker] = opener
+
+
 def _load_readers() -> None:
     # Import reader modules lazily so `import evstream.sources` stays cheap.
     global _LOADED
@@ -59,7 +67,7 @@ def _load_readers() -> None:
     import importlib
 
     for mod in ("recording", "aedat2", "prophesee", "atis", "arrays", "camera", "network",
-                "synthetic"):
+                "synthetic", "rosbag"):
         try:
             importlib.import_module(f"evstream.sources.{mod}")
         except ModuleNotFoundError as e:  # a reader module not written yet
@@ -89,6 +97,9 @@ def open_source(path_or_uri: str | os.PathLike, **options) -> EventSource:
     if not os.path.exists(spec):
         raise SourceError(f"{spec}: no such file")
     if os.path.isdir(spec):
+        for marker, opener in _FOLDERS.items():
+            if os.path.isfile(os.path.join(spec, marker)):
+                return _call(opener, spec, "folder", options)
         raise SourceError(f"{spec}: is a directory, not a recording")
     if os.path.getsize(spec) == 0:
         raise SourceError(f"{spec}: file is empty")

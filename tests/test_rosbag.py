@@ -654,6 +654,69 @@ def test_writer_message_size_memory_and_late_triggers(tmp_path):
     assert np.array_equal(read_all(tmp_path / "c")[1], ev)
 
 
+def _reference_evt3(words: np.ndarray, width: int, height: int):
+    """EVT 3.0 as the ROS decoder reads it (event_camera_codecs evt3_decoder.h): time valid
+    from a TIME_LOW after the first TIME_HIGH, TIME_LOW kept across TIME_HIGH words, a TIME_HIGH
+    more than 10 below the last one is a 2^24 us rollover, events outside the sensor dropped,
+    time_base ignored. -> [(t_us, x, y, p)], [(t_us, edge)]."""
+    high = low = y = base = pol = 0
+    valid = seen_high = False
+    ev, tr = [], []
+    for w in words.tolist():
+        kind, v = w >> 12, w & 0xFFF
+        if kind == 0x8:
+            last = (high >> 12) & 0xFFF
+            if v < last and last - v > 10:
+                high += 1 << 24
+            high = (high & ~((1 << 24) - 1)) | (v << 12)
+            seen_high = True
+        elif kind == 0x6:
+            low = v
+            valid = valid or seen_high
+        elif not valid:
+            continue
+        elif kind == 0x0:
+            y = v & 0x7FF
+        elif kind == 0x2:
+            if (v & 0x7FF) < width and y < height:
+                ev.append((high | low, v & 0x7FF, y, v >> 11))
+        elif kind == 0x3:
+            base, pol = v & 0x7FF, v >> 11
+        elif kind in (0x4, 0x5):
+            n = 12 if kind == 0x4 else 8
+            ev += [(high | low, base + b, y, pol) for b in range(n) if (v >> b) & 1]
+            base += n
+        elif kind == 0xA:
+            tr.append((high | low, v & 1))
+    return ev, tr
+
+
+def test_writer_words_read_the_same_by_the_ros_decoder(tmp_path):
+    """The ROS decoder keeps TIME_LOW when TIME_HIGH changes (evt_codec's resets it): events
+    whose low 12 bits are 0 right after a TIME_HIGH, and a 24-bit wrap, read the same."""
+    t0 = (5 << 24) - 9_000                            # crosses a 2^24 us wrap at 5 << 24
+    boundaries = np.arange(-(-t0 // 4096) * 4096, t0 + 20_000, 4096)     # low 12 bits 0
+    t = np.sort(np.concatenate([boundaries, random_events(300, t0=t0, duration_us=20_000)["t"]]))
+    ev = np.zeros(len(t), EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = t, np.arange(len(t)) % 60, 7, np.arange(len(t)) % 2
+    assert int((ev["t"] % 4096 == 0).sum()) >= 4
+    tr = np.zeros(2, TRIGGER_DTYPE)
+    tr["t"], tr["type"] = [int(t[10]), int(t[-5])], [1, 2]
+    with RosbagWriter(tmp_path / "b", width=64, height=64, triggers=True) as w:
+        w.write(Packet(events=ev, triggers=tr))
+    from rosbags.rosbag2 import Reader
+
+    ts = event_typestore()
+    with Reader(tmp_path / "b") as r:
+        msgs = [ts.deserialize_cdr(raw, PACKET) for _, _, raw in r.messages()]
+    words = np.concatenate([m.events.view("<u2") for m in msgs])
+    base = msgs[0].time_base // 1000
+    ref_ev, ref_tr = _reference_evt3(words, 64, 64)
+    assert ref_ev == [(int(e["t"]) - base, int(e["x"]), int(e["y"]), int(e["p"])) for e in ev]
+    assert ref_tr == [(int(t[10]) - base, 1), (int(t[-5]) - base, 0)]
+    assert np.array_equal(read_all(tmp_path / "b")[1], ev)
+
+
 def test_writer_errors(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

@@ -18,7 +18,9 @@ What the bag holds (ROS 2, serialization cdr, metadata version 8):
   24 bits, the words the rest (and its wraps); readers add the two ("event ros time = time_base
   + decoded event time"). Triggers are EXT_TRIGGER words in the same stream (channel 0): dv
   TriggerType 1 (rising) and 2 (falling) only; others are dropped and counted. The header stamp
-  is the message's first time, the bag's receive time its last; frame_id is `camera`.
+  is the message's first time, the bag's receive time its last; frame_id is `camera`. Every
+  TIME_HIGH is followed by a TIME_LOW (`low_after_high`), so the ROS decoder, which keeps
+  TIME_LOW across TIME_HIGH words, reads the same times (modulo 2^24 us: it ignores time_base).
 - `<prefix>/image_raw`: sensor_msgs/msg/Image, mono8 for (H, W) uint8 frames, bgr8 for
   (H, W, 3), mono16 for uint16; stamp = the frame time (the exposure is not in the message).
 - `<prefix>/imu`: sensor_msgs/msg/Imu, one message per sample: m/s^2 (g * 9.81, as the
@@ -343,7 +345,7 @@ class RosbagWriter:
         msg = self._ts.types["event_camera_msgs/msg/EventPacket"](
             header=self._header(t0 * 1000), height=self.height, width=self.width, seq=self._seq,
             time_base=base * 1000, encoding="evt3", is_bigendian=False,
-            events=out[:k].view(np.uint8))
+            events=low_after_high(out[:k]).view(np.uint8))
         self._seq += 1
         self._put("events", msg, "event_camera_msgs/msg/EventPacket", t1 * 1000, 0)
         self.written["events"] += len(ev)
@@ -429,3 +431,15 @@ class RosbagWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise EvstreamError(f"{self.path}: writer is closed")
+
+
+def low_after_high(words: np.ndarray) -> np.ndarray:
+    """EVT 3.0 words with a TIME_LOW 0 after every TIME_HIGH that no TIME_LOW (or TIME_HIGH)
+    follows. evt_codec's encoder leaves it out where the time's low bits are 0, since its
+    decoder resets TIME_LOW when TIME_HIGH changes; the ROS decoder (event_camera_codecs) keeps
+    the old TIME_LOW instead, and starts only at a TIME_LOW after the first TIME_HIGH. With the
+    word both read the same times."""
+    kind = words >> 12
+    nxt = np.append(kind[1:], -1)
+    at = np.flatnonzero((kind == 0x8) & (nxt != 0x6) & (nxt != 0x8))
+    return np.insert(words, at + 1, np.uint16(0x6000)) if len(at) else words

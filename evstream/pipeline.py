@@ -110,6 +110,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     from evstream.stream import lifeline
     from evstream.stream.ring import EventRing
 
+    t_enter = time.monotonic()
     status = status or (lambda line: print(line, file=sys.stderr, flush=True))
     for pid, names in lifeline.remove_stale():
         status(lifeline.stale_message(pid, names))
@@ -131,10 +132,12 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     state = _State()
     old_term = signal.signal(signal.SIGTERM, _raise_terminate)
     t_start = time.monotonic()
+    state.marks["spawn"] = t_start
     try:
         for name in stage_names(cfg):
             procs[name] = _start(ctx, name, cfg, endpoints)
         t_start = time.monotonic()
+        state.marks["spawned"] = t_start
         if on_started is not None:
             on_started({"pids": {name: p.pid for name, p in procs.items()},
                         "endpoints": dict(endpoints)})
@@ -157,11 +160,39 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
             state.slots.unlink()
         shutil.rmtree(tmpdir, ignore_errors=True)
     now = time.monotonic()
+    result.summary["startup_s"] = _startup(state, t_enter, now)
     result.summary["wall_s"] = round(now - t_start, 3)
     # streaming time: from `start` to the end, without process start-up and kernel loading
     end = state.t_done if len(state.done) == len(procs) else now
     result.summary["stream_s"] = round(end - state.t_streaming, 3) if state.t_streaming else 0.0
     return result
+
+
+def _startup(state: _State, t_enter: float, t_end: float) -> dict:
+    """Where the time around the stream went, in seconds: `setup` (the launcher before the
+    first process: stale segments, the ring), `spawn` (starting the processes), per stage
+    `boot` (process start to its code: the interpreter and multiprocessing's unpickling),
+    `imports` (its module) and `setup` (opening the source, loading kernels and the model, up
+    to `ready`), `handshake` (the last `ready` to `start`: window slots), and `teardown` (the
+    last `done` to the end: final telemetry, processes exiting, ring and slots removed)."""
+    m = state.marks
+    out = {"setup": m.get("spawn", t_enter) - t_enter,
+           "spawn": m.get("spawned", t_enter) - m.get("spawn", t_enter)}
+    stages = {}
+    for name, t in state.times.items():
+        if {"main", "imported", "ready"} <= set(t):
+            stages[name] = {"boot": t["main"] - m.get("spawn", t_enter),
+                            "imports": t["imported"] - t["main"],
+                            "setup": t["ready"] - t["imported"]}
+    out["stages"] = stages
+    if stages and state.t_streaming:
+        last_ready = max(t["ready"] for t in state.times.values() if "ready" in t)
+        out["handshake"] = state.t_streaming - last_ready
+    if state.t_done:
+        out["teardown"] = t_end - state.t_done
+    def rnd(v):
+        return {k: rnd(x) for k, x in v.items()} if isinstance(v, dict) else round(v, 3)
+    return rnd(out)
 
 
 def _start(ctx, name, cfg, endpoints):
@@ -192,12 +223,16 @@ class _State:
     t_done: float = 0.0                           # when the last `done` arrived
     slots: object = None                          # the window slots made at start (owned here)
     restarts: dict = field(default_factory=dict)  # stage -> times restarted
+    times: dict = field(default_factory=dict)     # stage -> {main, imported, ready} monotonic s
+    marks: dict = field(default_factory=dict)     # the launcher's own moments, monotonic s
 
 
 def _handle(state: _State, result: PipelineResult, stage: str, msg: dict) -> None:
     kind = msg.get("kind")
     if kind == "ready":
-        state.ready[stage] = msg.get("info", {})
+        info = dict(msg.get("info", {}))
+        state.times[stage] = dict(info.pop("times", None) or {})
+        state.ready[stage] = info
     elif kind == "set":
         state.set_up.add(stage)
     elif kind == "telemetry":

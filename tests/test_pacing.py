@@ -11,6 +11,7 @@ import pytest
 from evstream.commands.common import add_replay_args, add_source_args, open_from_args
 from evstream.errors import EvstreamError
 from evstream.sources import open_source
+from evstream.sources.base import EventSource
 from evstream.sources.pacing import PacedSource, paced, slice_packet
 from evstream.types import Packet, concat_events, make_events
 
@@ -236,3 +237,36 @@ def test_cli_rejects_nonsense_in_one_line(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and argv[0] in err
+
+
+class _SmallPackets(EventSource):
+    """A real recording's events cut into packets of `size` events (a DAVIS file's shape)."""
+
+    live = False
+
+    def __init__(self, events, size):
+        super().__init__()
+        self.events, self.size = events, size
+        self.name, self.camera, self.width, self.height = "small", "test", 346, 260
+        self.resolution_note = ""
+
+    def _read(self):
+        for i in range(0, len(self.events), self.size):
+            yield Packet(events=self.events[i:i + self.size])
+
+
+def test_small_packets_of_one_slice_go_out_as_one_packet(wheel):
+    """A file of 10-event packets (~4 a millisecond here) is released once per 1 ms slice of
+    source time, each release at the slice's newest event, with every event in order."""
+    ev = cat(open_source(wheel).packets())
+    fc = FakeClock()
+    src = paced(_SmallPackets(ev, 10), speed=1.0, clock=fc.clock, sleep=fc.sleep)
+    start, base = fc.now, int(ev["t"][0])
+    released = [(fc.now, p) for p in src.packets()]
+    assert np.array_equal(cat(p for _, p in released), ev)
+    slices = (ev["t"] - base) // 1000
+    assert len(released) == len(np.unique(slices))           # one release per slice
+    for wall, pkt in released:
+        t = pkt.events["t"]
+        assert len(np.unique((t - base) // 1000)) == 1
+        assert wall - start == pytest.approx((int(t[-1]) - base) / 1e6, abs=1e-9)

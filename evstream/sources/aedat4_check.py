@@ -218,35 +218,111 @@ def _packets_from_table(path: str, f, lay: Layout) -> None:
         raw = out.tobytes()
     elif lay.compression != 0:
         return  # ZSTD: no decoder here; dv reads the table and the packets unchecked
-    try:
-        b = _Buf(raw)
-        if b.get("I", 0) != len(raw) - 4:
-            raise ValueError("size prefix does not match")
-        root = b.table(4 + b.get("I", 4))
-        vec = b.ref(root, 0)
-        count = b.get("I", vec) if vec is not None else 0
-        rows = []
-        for i in range(count):
-            slot = vec + 4 + 4 * i
-            t = b.table(slot + b.get("I", slot))
-            offset = b.field(t, 0, "q", 0)
-            pinfo = t[1][1] if len(t[1]) > 1 else 0
-            sid, psize = (b.get("i", t[0] + pinfo), b.get("i", t[0] + pinfo + 4)) if pinfo \
-                else (0, 0)
-            rows.append((offset, psize, sid))
-    except ValueError as e:
-        raise SourceError(f"{path}: truncated or corrupt: {where} is damaged ({e})"
-                          + repair_hint(path, "rebuilds it from the packets")) from None
-    rows.sort()
-    prev_end = lay.data_start
-    for k, (offset, psize, sid) in enumerate(rows):
-        if offset - 8 < prev_end or psize < 0 or offset + psize > lay.table_pos:
-            raise SourceError(f"{path}: corrupt: {where} places packet {k} at bytes "
-                              f"{offset}..{offset + psize}, outside the data"
-                              + repair_hint(path, "rebuilds it from the packets"))
-        prev_end = offset + psize
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    buf = np.frombuffer(raw, np.uint8)
+    count = _table_count(buf)
+    rows = np.zeros((max(count, 0), 3), np.int64)
+    code = _table_rows(buf, rows) if count >= 0 else count
+    if code < 0:
+        raise SourceError(f"{path}: truncated or corrupt: {where} is damaged "
+                          f"({_TABLE_ERRORS.get(code, code)})"
+                          + repair_hint(path, "rebuilds it from the packets"))
+    arr = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]     # by offset (as tuples)
+    offset, psize = arr[:, 0], arr[:, 1]
+    prev_end = np.concatenate(([lay.data_start], (offset + psize)[:-1]))
+    bad = np.flatnonzero((offset - 8 < prev_end) | (psize < 0) | (offset + psize > lay.table_pos))
+    if len(bad):
+        k = int(bad[0])
+        raise SourceError(f"{path}: corrupt: {where} places packet {k} at bytes "
+                          f"{int(offset[k])}..{int(offset[k] + psize[k])}, outside the data"
+                          + repair_hint(path, "rebuilds it from the packets"))
     lay.offsets, lay.sizes, lay.stream_ids = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+
+_TABLE_ERRORS = {-1: "size prefix does not match", -2: "a table lies outside the table's bytes",
+                 -3: "a field lies outside the table's bytes"}
+
+
+@numba.njit(cache=True, inline="always")
+def _i32(b, p):
+    v = _u32(b, p)
+    return v - 2 ** 32 if v >= 2 ** 31 else v
+
+
+@numba.njit(cache=True)
+def _table_at(b, pos):
+    """(vtable position, vtable size) of the flatbuffer table at pos; vsize < 0 if it leaves
+    b (the checks of _Buf.table)."""
+    n = b.shape[0]
+    if pos < 0 or pos + 4 > n:
+        return 0, -2
+    vt = pos - _i32(b, pos)
+    if vt < 0 or vt + 4 > n:
+        return 0, -2
+    vsize, tsize = _u16(b, vt), _u16(b, vt + 2)
+    if vsize < 4 or pos + tsize > n or vt + vsize > n:
+        return 0, -2
+    return vt, vsize
+
+
+@numba.njit(cache=True)
+def _table_field(b, pos, vt, vsize, i):
+    """Offset of field i of the table at pos (0: absent)."""
+    if 4 + 2 * i + 2 > vsize:
+        return 0
+    return _u16(b, vt + 4 + 2 * i)
+
+
+@numba.njit(cache=True)
+def _table_count(b):
+    """Number of packets in a FileDataTable flatbuffer (size-prefixed), or an error code."""
+    n = b.shape[0]
+    if n < 8 or _u32(b, 0) != n - 4:
+        return -1
+    root = 4 + _u32(b, 4)
+    vt, vsize = _table_at(b, root)
+    if vsize < 0:
+        return vsize
+    f = _table_field(b, root, vt, vsize, 0)
+    if f == 0:
+        return 0
+    if root + f + 4 > n:
+        return -3
+    vec = root + f + _u32(b, root + f)
+    if vec + 4 > n or vec + 4 + 4 * _u32(b, vec) > n:
+        return -3
+    return _u32(b, vec)
+
+
+@numba.njit(cache=True)
+def _table_rows(b, rows):
+    """rows[i] = (packet offset, packet size, stream id) of each packet of the table, in table
+    order; 0, or an error code. The table walk of dv's FileDataTable (PacketHeader struct at
+    field 1, byte offset at field 0)."""
+    n = b.shape[0]
+    root = 4 + _u32(b, 4)
+    vt, vsize = _table_at(b, root)
+    vec = root + _table_field(b, root, vt, vsize, 0)
+    vec += _u32(b, vec)
+    for i in range(rows.shape[0]):
+        slot = vec + 4 + 4 * i
+        t = slot + _u32(b, slot)
+        tvt, tvsize = _table_at(b, t)
+        if tvsize < 0:
+            return tvsize
+        fo = _table_field(b, t, tvt, tvsize, 0)
+        if fo:
+            if t + fo + 8 > n:
+                return -3
+            lo = _u32(b, t + fo)
+            hi = _i32(b, t + fo + 4)
+            rows[i, 0] = lo | (hi << 32)
+        fi = _table_field(b, t, tvt, tvsize, 1)
+        if fi:
+            if t + fi + 8 > n:
+                return -3
+            rows[i, 2] = _i32(b, t + fi)
+            rows[i, 1] = _i32(b, t + fi + 4)
+    return 0
 
 
 def _packets_from_headers(f, lay: Layout) -> None:
@@ -449,7 +525,7 @@ class PacketChecker:
             self._args = None   # drop the memmap
 
     def wait(self, k: int) -> None:
-        if k >= self.n:
+        if k < self.progress[0] or k >= self.n:     # passed already (the usual case)
             return
         pause = 0.0
         while True:

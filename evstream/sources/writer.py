@@ -151,7 +151,8 @@ def _zero_padding(ev: np.ndarray) -> np.ndarray:
 class _ScratchConverter:
     """EVENT_DTYPE arrays -> whole dv EventStores, via one reusable scratch .aedat4 file."""
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int, packet_events: int = SCRATCH_PACKET_EVENTS):
+        self.packet_events = max(1, int(packet_events))
         fd, self.path = tempfile.mkstemp(prefix="evstream-scratch-", suffix=".aedat4")
         os.close(fd)
         xml = stream_xml([("events", "EVTS", (width, height))], "scratch", "NONE").encode()
@@ -167,8 +168,9 @@ class _ScratchConverter:
             ev["p"] = p != 0
         with open(self.path, "wb") as f:
             f.write(self.header)
-            for i in range(0, len(ev), SCRATCH_PACKET_EVENTS):
-                part = _zero_padding(ev[i:i + SCRATCH_PACKET_EVENTS])
+            step = self.packet_events
+            for i in range(0, len(ev), step):
+                part = _zero_padding(ev[i:i + step])
                 f.write(struct.pack("<ii", 0, 32 + 16 * len(part)))
                 f.write(_event_packet_head(len(part)))
                 f.write(memoryview(part).cast("B"))
@@ -223,7 +225,8 @@ def _fflush_all() -> None:
 class Aedat4Writer:
     def __init__(self, path, *, width: int, height: int, camera: str = "evstream",
                  frames: bool = False, imu: bool = False, triggers: bool = False,
-                 frame_size: tuple[int, int] | None = None, atomic: bool = False):
+                 frame_size: tuple[int, int] | None = None, atomic: bool = False,
+                 packet_events: int = SCRATCH_PACKET_EVENTS):
         import dv_processing as dv
 
         self.path = os.fspath(path)
@@ -246,6 +249,7 @@ class Aedat4Writer:
         self.width, self.height, self.camera = int(width), int(height), camera
         self.frame_size = tuple(frame_size) if frame_size else (self.width, self.height)
         self.has = {"frames": frames, "imu": imu, "triggers": triggers}
+        self._packet_events = int(packet_events)   # numpy events per AEDAT4 packet, at most
         cfg = dv.io.MonoCameraWriter.Config(camera, dv.CompressionType.LZ4)
         cfg.addEventStream((self.width, self.height))
         if frames:
@@ -425,7 +429,7 @@ class Aedat4Writer:
             np.concatenate(self._pending, dtype=EVENT_DTYPE)
         self._pending, self._n_pending = [], 0
         if self._conv is None:
-            self._conv = _ScratchConverter(self.width, self.height)
+            self._conv = _ScratchConverter(self.width, self.height, self._packet_events)
         try:
             for store in self._conv.stores(ev):
                 self._dv("events", self._w.writeEvents, store, len(store))

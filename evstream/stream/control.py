@@ -72,7 +72,12 @@ class StageLink:
         # (measured with gc.callbacks).
         gc.freeze()
         bound = sockets.bound_endpoints()
-        self.send("ready", info=dict(info, bound=bound) if bound else info)
+        if bound:
+            info = dict(info, bound=bound)
+        # when the process got here (CLOCK_MONOTONIC is one clock for every process of a
+        # host): the launcher's summary splits the start-up by stage (`startup_s`)
+        info["times"] = dict(lifeline.START_TIMES, ready=time.monotonic())
+        self.send("ready", info=info)
 
     def wait_start(self, timeout_s: float = 60.0, on_setup=None) -> dict:
         """Wait for `start` -> its info. A `setup` before it runs `on_setup(info)` (default: a

@@ -70,6 +70,7 @@ _launcher_pid: int | None = None
 _parent_gone = False        # the watchdog saw the launcher leave
 _orphaned = False           # the launcher was found gone
 _leaving = False            # the stage is tearing down: no exception from the handler now
+START_TIMES: dict = {}      # monotonic s: "main" (stage_main entered), "imported" (its module)
 _on_orphaned: list = []     # callbacks run by the handler (stream/sockets.py registers one)
 
 
@@ -145,9 +146,12 @@ def _on_lifeline_signal(signum, frame):
 def stage_main(launcher_pid: int, module: str, function: str, cfg, endpoints: dict) -> None:
     """The target of every stage process: the lifeline first, then the stage's imports (the
     worker's take seconds) and its function."""
+    START_TIMES["main"] = time.monotonic()
     bind_to_launcher(launcher_pid)
     try:
-        getattr(importlib.import_module(module), function)(cfg, endpoints)
+        fn = getattr(importlib.import_module(module), function)
+        START_TIMES["imported"] = time.monotonic()
+        fn(cfg, endpoints)
     except LauncherGone:
         exit_orphan()
 

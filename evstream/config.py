@@ -45,6 +45,9 @@ class WindowConfig:
 @dataclass(frozen=True)
 class InferConfig:
     model: str = "untrained"                    # a name under models/, a checkpoint path, or a dir
+                                                # (or an .onnx / a dir with model.onnx)
+    backend: str = "auto"                       # "torch" | "onnxruntime" | "auto" (onnxruntime
+                                                # where measured faster: infer/backends.py)
     device: str = "auto"                        # "auto" (cuda if available) | "cpu" | "cuda[:N]"
     threads: int = 0                            # CPU torch threads; 0 = chosen from the cores
     precision: str = "auto"                     # "auto" (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16

@@ -70,8 +70,12 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
 
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="NAME|PATH",
-                   help="a model under models/, a checkpoint file or directory "
+                   help="a model under models/, a checkpoint file or directory, an .onnx "
                         "(default: the shipped default, see models/README.md)")
+    m.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the network: torch, onnxruntime (a checkpoint is exported "
+                        "on the fly and cached), or auto: onnxruntime where measured faster "
+                        "(docs/benchmarks.md), else torch")
     m.add_argument("--no-model", action="store_true", help="no inference: draw or count windows")
     m.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda[:N]")
     m.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
@@ -157,13 +161,11 @@ def default_model() -> str:
 
 
 def model_config_for(name: str) -> dict:
-    """The model config of a checkpoint, read before any process starts (errors are one line)."""
-    from evstream.nn.checkpoint import (complete_config, default_config, load_checkpoint,
-                                        resolve_model)
+    """The model config of a checkpoint (or of an .onnx, from its metadata), read before any
+    process starts (errors are one line)."""
+    from evstream.infer.backends import model_config_of
 
-    if name == "untrained":
-        return dict(default_config(), trained=False)
-    return complete_config(load_checkpoint(resolve_model(name))["config"])
+    return model_config_of(name)
 
 
 def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
@@ -175,6 +177,7 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
     _positive("--max-batch", args.max_batch, allow_none=False)
     if not 0.0 <= args.alpha <= 1.0:
         raise EvstreamError(f"--alpha must be in 0..1, not {args.alpha}")
+    from evstream.infer.backends import check_infer_config
     from evstream.represent import list_representations
 
     infer = None
@@ -184,7 +187,9 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
         model_cfg = model_config_for(name)
         infer = InferConfig(model=name, device=args.device, threads=args.threads,
                             precision=args.precision, cuda_graphs=args.cuda_graphs,
-                            compile=args.compile, max_batch=args.max_batch)
+                            compile=args.compile, max_batch=args.max_batch,
+                            backend=getattr(args, "backend", "auto"))
+        check_infer_config(infer)
     rep_cfg = model_cfg.get("representation", {})
     win_cfg = model_cfg.get("window", {})
     representation = args.representation or rep_cfg.get("name", "voxel")

@@ -4,10 +4,12 @@
     predictions (connected, PUSH)     -> the viewer or a sink
     publish  (optional, bound, PUB)   -> every prediction again, for `evstream view URL`
 
-Start-up: the model is loaded, checked against the pipeline's representation and warmed up
-before `ready`, so a bad checkpoint is a one-line user error before anything streams and the
-first window does not pay for lazy initialisation. The ready info carries {"model", "device",
-"trained", "task", "classes", "colors", "precision", "threads", "warnings"}. The sensor size comes
+Start-up: the model is loaded (infer/backends.make_predictor: the torch Predictor or, with
+--backend onnxruntime or where `auto` measured it faster, the OnnxPredictor of the same
+interface), checked against the pipeline's representation and warmed up before `ready`, so a
+bad checkpoint is a one-line user error before anything streams and the first window does not
+pay for lazy initialisation. The ready info carries {"model", "device", "backend", "trained",
+"task", "classes", "colors", "precision", "threads", "warnings"}. The sensor size comes
 with `start`; if it differs from the size guessed for the warm-up, the worker warms up again
 for the real one before taking windows.
 
@@ -98,9 +100,10 @@ class _Worker:
     # -- start-up ---------------------------------------------------------------------------------
 
     def load(self) -> dict:
-        from evstream.infer.predictor import Predictor, check_compatible
+        from evstream.infer.backends import make_predictor
+        from evstream.infer.predictor import check_compatible
 
-        p = Predictor.from_infer_config(self.infer)
+        p = make_predictor(self.infer)
         warnings = check_compatible(p.config, self.cfg.window)
         for w in warnings:
             log.warning("%s", w)

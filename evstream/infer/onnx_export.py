@@ -42,6 +42,7 @@ a batch of 2.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -93,13 +94,16 @@ def _export_torchscript(model, example, task: str, opset: int) -> bytes:
 
     axes = {0: "batch", 2: "height", 3: "width"}
     out_axes = axes if task == "segmentation" else {0: "batch"}
+    # an older torch (pyproject allows 2.4) may take no `dynamo` argument: it exports this way
+    which = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters \
+        else {}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # the exporter's own deprecation warnings (torch 2.13: "legacy TorchScript-based ONNX
         # export", and "The feature will be removed" from its logging set-up)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+        torch.onnx.export(model, (example,), buf, **which, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=opset,
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes})
     return buf.getvalue()

@@ -123,6 +123,8 @@ def test_ros2_sqlite3_evt3_trigger_bag_real(realdata):
     assert np.array_equal(ev["t"], ev_ns["t"] // 1000) and np.array_equal(ev["x"], ev_ns["x"])
     assert np.array_equal(tr["t"] * 1000, tr_ns["t"]) and list(src.streams) == ["events",
                                                                                   "triggers"]
+    db3 = read_all(bag / "test_data_evt3_trigger_0.db3")[1]      # the storage file alone
+    assert np.array_equal(db3, ev)
 
 
 def test_libcaer_bag_across_a_device_rollover_real(realdata):
@@ -239,9 +241,30 @@ def test_libcaer_rollover_inside_a_message_stays_monotonic():
     t = np.array([(1 << 31) - 20, (1 << 31) - 1, (1 << 31) + 3, (1 << 31) + 50], np.int64)
     tb, payload = ros_codecs.encode_libcaer(t, [1, 2, 3, 4], [5, 6, 7, 8], [0, 1, 0, 1], 99)
     assert int(payload.view("<i4")[5]) == 3                 # the counter wrapped in the message
-    (ev, _), = list(ros_codecs.make_decoder("libcaer").decode(payload, tb, 2))[:1]
-    got = concat_events([e for e, _ in ros_codecs.make_decoder("libcaer").decode(payload, tb, 3)])
-    assert np.array_equal(got["t"], t * 1000 + 99)
+    for step in (2, 3, 4):       # a chunk boundary anywhere: the rollover is still seen
+        got = concat_events([e for e, _ in
+                             ros_codecs.make_decoder("libcaer").decode(payload, tb, step)])
+        assert np.array_equal(got["t"], t * 1000 + 99), step
+
+
+def test_image_encodings():
+    from evstream.sources.rosbag import image_array
+
+    ts = event_typestore()
+    Image = ts.types["sensor_msgs/msg/Image"]
+    hdr = _header(ts, 0, "c", False)
+    px = np.array([[0x1234, 0xABCD, 0x00FF]], np.uint16)
+    for be in (0, 1):
+        data = px.astype(">u2" if be else "<u2").view(np.uint8).reshape(-1)
+        img = image_array(Image(header=hdr, height=1, width=3, encoding="mono16",
+                                is_bigendian=be, step=6, data=data))
+        assert img.tolist() == [[0x12, 0xAB, 0x00]]
+    rgba = np.array([[[1, 2, 3, 4], [5, 6, 7, 8]]], np.uint8)
+    img = image_array(Image(header=hdr, height=1, width=2, encoding="rgba8", is_bigendian=0,
+                            step=10, data=np.pad(rgba.reshape(-1), (0, 2))))     # padded rows
+    assert img.tolist() == [[[3, 2, 1], [7, 6, 5]]]                                  # BGR
+    assert image_array(Image(header=hdr, height=1, width=2, encoding="bayer_rggb8",
+                             is_bigendian=0, step=2, data=np.zeros(2, np.uint8))) is None
 
 
 def test_event_array_layouts_match_rosbags_deserializer():

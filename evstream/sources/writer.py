@@ -329,6 +329,14 @@ class Aedat4Writer:
             self.t_first_us = int(ev["t"][0])
         self.t_last_us = int(ev["t"][-1])
 
+    def end_packet(self) -> None:
+        """Hand the events buffered so far to dv now, as their own packet(s) (at most
+        packet_events each): a file with a given packet structure (tools/bench builds files
+        shaped like real recordings this way)."""
+        self._check_open()
+        with self._lock:
+            self._flush()
+
     def write_frame(self, frame: Frame) -> None:
         import dv_processing as dv
 

@@ -372,3 +372,15 @@ def test_live_replay_at_max_speed_with_slow_consumer_ends(realdata):
     assert s["dropped_windows"] > 0 and s["windows"] >= 1
     assert s["events_in"] == 46_402 and s["dropped_events"] == 0
     assert time.monotonic() - t0 < 30
+
+
+def test_quiet_replay_prints_no_status_lines():
+    """Status lines while streaming come every --status-every; --quiet has none (the summary
+    at the end still prints)."""
+    spec = "synthetic:?seed=3&rate=2e5&duration=1.5"
+    loud = cli("replay", spec, "--no-model", "--status-every", "0.2")
+    quiet = cli("replay", spec, "--no-model", "--status-every", "0.2", "--quiet")
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert len(loud.stderr.strip().splitlines()) >= 2
+    assert quiet.stderr.strip() == ""
+    assert "latency" in quiet.stdout and "events" in quiet.stdout

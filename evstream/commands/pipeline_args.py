@@ -114,6 +114,9 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--status-every", type=float, default=2.0, metavar="S",
                    help="print a status line every S seconds (0: never)")
+    o.add_argument("-q", "--quiet", action="store_true",
+                   help="no status lines while streaming (same as --status-every 0); the "
+                        "summary at the end still prints")
     o.add_argument("--json", action="store_true", help="print a final JSON summary on stdout")
     o.add_argument("--dump-windows", metavar="NPZ", help=argparse.SUPPRESS)
     o.add_argument("--slow-consumer-ms", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -237,7 +240,7 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
                          restart_worker=args.restart, stream_id=args.stream_id,
                          window_transport=args.window_transport,
                          curve=_curve_keys(args.curve_keys) if args.curve_keys else {},
-                         telemetry_interval_s=args.status_every,
+                         telemetry_interval_s=0 if args.quiet else args.status_every,
                          dump_windows=args.dump_windows or "",
                          slow_consumer_ms=args.slow_consumer_ms)
     from evstream.pipeline import stage_names
@@ -275,7 +278,7 @@ def _curve_keys(directory: str) -> dict:
 def run_and_report(cfg: PipelineConfig, args) -> int:
     from evstream.pipeline import run_pipeline
 
-    quiet = args.json or not args.status_every
+    quiet = args.json or args.quiet or not args.status_every
     res = run_pipeline(cfg, status=None if not quiet else (lambda line: print(line, file=sys.stderr)))
     if res.exit_code:
         if res.user_error:

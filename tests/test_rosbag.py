@@ -554,21 +554,21 @@ def two_camera_bag(tmp_path):
 def test_several_event_topics_need_a_topic(two_camera_bag, capsys):
     with pytest.raises(SourceError) as e:
         open_source(two_camera_bag)
-    assert "2 event topics (/left/events, /right/events); pick one with --stream TOPIC" in \
+    assert "2 event topics (/left/events, /right/events); pick one with --topic TOPIC" in \
         one_line(e)
     src, ev, _, frames, imu, _ = read_all(two_camera_bag, stream="/right/events")
     assert int(ev["t"][0]) >= 2_000_000 and src.frame_topic == "/right/image_raw"
     assert [int(f.image[0, 0]) for f in frames] == [20]       # its own camera's frames
     assert src.imu_topic is None and not len(imu)   # /odom is not in the camera's namespace
-    code, out, err = run_cli(capsys, "info", two_camera_bag, "--stream", "/left/events",
-                             "--json")
-    assert code == 0 and json.loads(out)["events"] == 500
+    for flag in ("--topic", "--stream"):
+        code, out, err = run_cli(capsys, "info", two_camera_bag, flag, "/left/events", "--json")
+        assert code == 0 and json.loads(out)["events"] == 500
     code, out, err = run_cli(capsys, "info", two_camera_bag)
-    assert code == 2 and err.count("\n") == 1 and "pick one with --stream TOPIC" in err
+    assert code == 2 and err.count("\n") == 1 and "pick one with --topic TOPIC" in err
 
 
 def test_cli_errors_are_one_line(two_camera_bag, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "info", two_camera_bag, "--stream", "/nope")
+    code, out, err = run_cli(capsys, "info", two_camera_bag, "--topic", "/nope")
     assert code == 2 and err.count("\n") == 1 and "no topic '/nope'" in err
     code, out, err = run_cli(capsys, "info", two_camera_bag, "--stream", "/odom")
     assert code == 2 and err.count("\n") == 1 and "sensor_msgs/msg/Imu" in err

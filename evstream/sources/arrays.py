@@ -26,23 +26,27 @@ coordinates) raises a one-line SourceError that lists what the file holds. Under
 bad_events="error", events out of time order or outside the sensor raise BadEventsError with
 the event index; with "drop" the base class drops and counts them.
 
-`write_npz(path, events, width, height)` writes t, x, y, p arrays plus width/height;
-`write_h5(path, events, width, height)` writes the DSEC layout (events/t as uint32 relative to
-t_offset when the span allows, t_offset, ms_to_idx, width/height root attributes).
+Writers (see the notes above them): `NpyWriter`, `NpzWriter`, `H5Writer` stream packets into
+.npy / .npz / DSEC-layout .h5 files with bounded memory; `write_npz(path, events, width,
+height)` (t, x, y, p arrays plus width/height) and `write_h5(path, events, width, height)` (the
+DSEC layout: events/t as uint32 relative to t_offset while the span allows, t_offset, ms_to_idx,
+width/height root attributes) write one array through them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import zipfile
 
 import numpy as np
 
-from evstream.errors import SourceError
+from evstream.errors import EvstreamError, SourceError
 from evstream.sources import register_reader
 from evstream.sources.base import EventSource
-from evstream.types import EVENT_DTYPE, Packet
+from evstream.sources.stream_writer import NAMES, SYNC_S, StreamWriter
+from evstream.types import EVENT_DTYPE, Packet, concat_events
 
 log = logging.getLogger(__name__)
 
@@ -374,45 +378,274 @@ register_reader((".npz", ".npy", ".h5", ".hdf5"), open_arrays)
 
 
 # -- writers -----------------------------------------------------------------------------------
+#
+# Streaming writers (stream_writer.StreamWriter's interface; `evstream convert` / `record`
+# through sources/writers.py). Each holds at most one packet plus the buffer named below, so a
+# file larger than memory converts:
+# - NpyWriter: one structured array (t int64, x/y uint16, p int8) appended as it comes; the
+#   header (with the count) sits in a fixed HEADER_BYTES at the start and is rewritten after
+#   every write(), so a killed writer leaves a .npy holding every event written. Peak memory:
+#   the packet in hand.
+# - NpzWriter: a .npz (zip of t, x, y, p .npy members plus width/height) cannot grow member by
+#   member, so each field goes to a hidden temporary file beside OUT as it comes, and close()
+#   stores them into the zip, COPY_BYTES at a time (zip64, stored, or deflated with
+#   compress=True). Peak memory: the packet in hand plus COPY_BYTES; peak disk: the events
+#   twice (the temporaries and the zip) during close(). Nothing is readable before close():
+#   a killed writer leaves an empty OUT and its hidden temporaries (.evstream-*.t/x/y/p).
+# - H5Writer: the DSEC layout in chunked, resizable datasets (events/t as uint32 relative to
+#   t_offset, the first event's time, widened in place to int64 chunk by chunk if a recording
+#   outgrows 71.6 min; events/x, y uint16, p uint8; ms_to_idx; width/height root attributes),
+#   appended every `chunk_events` events, optional compression (gzip, lzf, or hdf5plugin's
+#   zstd / blosc, the filters DSEC's own files use). Peak memory: the packet in hand plus
+#   chunk_events. HDF5 gives no crash guarantee: the file is flushed every SYNC_S as a best
+#   effort, but a killed writer may leave a file h5py cannot open.
+# All three hold events only (frames, IMU samples, triggers: dropped and counted).
 
-def _check_writable(events: np.ndarray) -> None:
-    if events.dtype != EVENT_DTYPE:
-        raise ValueError("events must be EVENT_DTYPE")
+NPY_FIELDS = np.dtype([("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("p", "i1")])
+HEADER_BYTES = 192
+COPY_BYTES = 1 << 20
+_ARRAY_CANNOT = {k: f"event arrays hold events only (no {NAMES[k]})"
+                 for k in ("frames", "imu", "triggers")}
+_NPZ_FIELDS = {"t": np.dtype("<i8"), "x": np.dtype("<u2"), "y": np.dtype("<u2"),
+               "p": np.dtype("i1")}
+
+
+def _npy_header(dtype: np.dtype, n: int, size: int | None = None) -> bytes:
+    """A version 1.0 .npy header for a 1-D array of n items, padded to `size` bytes."""
+    body = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": (int(n),)}).encode("latin1")
+    size = size or -(-(len(body) + 11) // 64) * 64
+    pad = size - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"an npy header of {len(body)} bytes does not fit {size}")
+    return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+
+def _fields(ev: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    out = np.empty(len(ev), dtype)
+    for k in ("t", "x", "y"):
+        out[k] = ev[k]
+    out["p"] = ev["p"] > 0
+    return out
+
+
+class NpyWriter(StreamWriter):
+    """A .npy structured array of events, written as it comes (see the notes above)."""
+
+    format_name = "npy"
+    suffixes = (".npy",)
+    cannot = _ARRAY_CANNOT
+
+    def __init__(self, path, *, width, height, **kw):
+        super().__init__(path, width=width, height=height, **kw)
+        self._f = self._create()
+        self._f.write(_npy_header(NPY_FIELDS, 0, HEADER_BYTES))
+        self._sync()
+
+    def _write(self, events, frames, imu, triggers):
+        if not len(events):
+            return
+        self._f.write(_fields(events, NPY_FIELDS).tobytes())
+        self.written["events"] += len(events)
+        self._f.seek(0)
+        self._f.write(_npy_header(NPY_FIELDS, self.written["events"], HEADER_BYTES))
+        self._f.seek(0, os.SEEK_END)
+        self._sync()
+
+
+class NpzWriter(StreamWriter):
+    """A .npz of t, x, y, p arrays plus width/height (as write_npz), through temporary files
+    (see the notes above)."""
+
+    format_name = "npz"
+    suffixes = (".npz",)
+    cannot = _ARRAY_CANNOT
+
+    def __init__(self, path, *, width, height, compress: bool = False, **kw):
+        import secrets
+
+        super().__init__(path, width=width, height=height, **kw)
+        self.compress = bool(compress)
+        self._f = self._create()
+        folder = os.path.dirname(os.path.abspath(self.path))
+        token = secrets.token_hex(4)
+        self._tmp = {k: os.path.join(folder, f".evstream-{token}.{k}") for k in _NPZ_FIELDS}
+        self._parts = {}
+        try:
+            for k, name in self._tmp.items():
+                self._parts[k] = self._create(name)
+        except EvstreamError:
+            self.abort()
+            raise
+
+    def _write(self, events, frames, imu, triggers):
+        if not len(events):
+            return
+        for k, dtype in _NPZ_FIELDS.items():
+            v = events[k] > 0 if k == "p" else events[k]
+            self._parts[k].write(np.ascontiguousarray(v, dtype).tobytes())
+
+    def _finish(self):
+        n = self.counts["events"]
+        mode = zipfile.ZIP_DEFLATED if self.compress else zipfile.ZIP_STORED
+        for part in self._parts.values():
+            part.flush()
+        with zipfile.ZipFile(self._f, "w", mode, allowZip64=True) as z:
+            for k, dtype in _NPZ_FIELDS.items():
+                with z.open(f"{k}.npy", "w", force_zip64=True) as m, \
+                        open(self._tmp[k], "rb") as part:
+                    m.write(_npy_header(dtype, n))
+                    while chunk := part.read(COPY_BYTES):
+                        m.write(chunk)
+            for k, v in (("width", self.width), ("height", self.height)):
+                with z.open(f"{k}.npy", "w") as m:
+                    np.lib.format.write_array(m, np.int64(v))
+        self.written["events"] = n
+
+    def _cleanup(self):
+        for part in getattr(self, "_parts", {}).values():
+            part.close()
+        for name in getattr(self, "_tmp", {}).values():
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+
+
+def h5_compression(name: str | None) -> dict:
+    """h5py create_dataset keywords for a compression name: None, gzip, lzf, zstd, blosc (the
+    last two through hdf5plugin)."""
+    if name in (None, "none"):
+        return {}
+    if name in ("gzip", "lzf"):
+        return {"compression": name}
+    if name in ("zstd", "blosc"):
+        import hdf5plugin
+
+        return dict(hdf5plugin.Zstd() if name == "zstd" else
+                    hdf5plugin.Blosc(cname="zstd", shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ValueError(f"compression must be none, gzip, lzf, zstd or blosc, not {name!r}")
+
+
+class H5Writer(StreamWriter):
+    """The DSEC layout, in chunked resizable datasets (see the notes above)."""
+
+    format_name = "HDF5 (DSEC layout)"
+    suffixes = (".h5", ".hdf5")
+    cannot = _ARRAY_CANNOT
+
+    def __init__(self, path, *, width, height, chunk_events: int = 1 << 16,
+                 compression: str | None = None, **kw):
+        import h5py
+
+        super().__init__(path, width=width, height=height, **kw)
+        self.chunk_events = int(chunk_events)
+        filters = h5_compression(compression)
+        try:
+            self._h5 = h5py.File(self.path, "w")
+        except OSError as e:
+            raise EvstreamError(f"{self.path}: cannot create ({_first_line(e)})") from None
+        f = self._h5
+        f.attrs["width"], f.attrs["height"] = self.width, self.height
+        g = f.create_group("events")
+        chunks = (self.chunk_events,)
+        self._filters = filters
+        self._ds = {k: g.create_dataset(k, (0,), dtype=dt, chunks=chunks, maxshape=(None,),
+                                        **filters)
+                    for k, dt in (("t", np.uint32), ("x", np.uint16), ("y", np.uint16),
+                                  ("p", np.uint8))}
+        self._ms = f.create_dataset("ms_to_idx", (0,), dtype=np.uint64, chunks=(4096,),
+                                    maxshape=(None,))
+        self._t_offset = f.create_dataset("t_offset", data=np.int64(0))
+        self.t_offset_us: int | None = None
+        self._next_ms = 0
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
+
+    def _write(self, events, frames, imu, triggers):
+        if not len(events):
+            return
+        self._pending.append(events)
+        self._n_pending += len(events)
+        self._buffered(self._n_pending)
+        if self._n_pending >= self.chunk_events:
+            self._append()
+
+    def _append(self) -> None:
+        if not self._pending:
+            return
+        ev = self._pending[0] if len(self._pending) == 1 else concat_events(self._pending)
+        self._pending, self._n_pending = [], 0
+        if self.t_offset_us is None:
+            self.t_offset_us = int(ev["t"][0])
+            self._t_offset[()] = self.t_offset_us
+        rel = ev["t"] - self.t_offset_us
+        if int(rel[-1]) >= 1 << 32 and self._ds["t"].dtype == np.uint32:
+            self._widen_t()
+        base = self.written["events"]
+        n = base + len(ev)
+        for k, ds in self._ds.items():
+            ds.resize((n,))
+            ds[base:n] = rel if k == "t" else (ev["p"] > 0) if k == "p" else ev[k]
+        last_ms = int(rel[-1]) // 1000
+        if last_ms >= self._next_ms:
+            ms = np.arange(self._next_ms, last_ms + 1, dtype=np.int64) * 1000
+            idx = base + np.searchsorted(rel, ms, "left")
+            m0 = self._ms.shape[0]
+            self._ms.resize((m0 + len(ms),))
+            self._ms[m0:] = idx.astype(np.uint64)
+            self._next_ms = last_ms + 1
+        self.written["events"] = n
+        now = time.monotonic()
+        if now - self._last_sync >= SYNC_S:
+            self._last_sync = now
+            self._h5.flush()
+
+    def _widen_t(self) -> None:
+        """events/t from uint32 to int64, chunk by chunk (a recording past 71.6 min)."""
+        g = self._h5["events"]
+        old = self._ds["t"]
+        new = g.create_dataset("t_int64", (old.shape[0],), dtype=np.int64,
+                               chunks=(self.chunk_events,), maxshape=(None,), **self._filters)
+        for a in range(0, old.shape[0], self.chunk_events):
+            new[a:a + self.chunk_events] = old[a:a + self.chunk_events]
+        del g["t"]
+        g.move("t_int64", "t")
+        self._ds["t"] = g["t"]
+
+    def _finish(self):
+        try:
+            self._append()
+        finally:
+            self._h5.close()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def abort(self):
+        if getattr(self, "_h5", None) is not None and self._h5.id.valid:
+            self._h5.close()
+        super().abort()
 
 
 def write_npz(path, events: np.ndarray, width: int, height: int) -> None:
     """t (int64 us), x, y (uint16), p (int8, 1 = ON) arrays plus width/height scalars."""
     _check_writable(events)
-    with open(path, "wb") as f:
-        np.savez(f, t=events["t"].astype(np.int64), x=events["x"].astype(np.uint16),
-                 y=events["y"].astype(np.uint16), p=events["p"].astype(np.int8),
-                 width=np.int64(width), height=np.int64(height))
+    with NpzWriter(path, width=width, height=height) as w:
+        w.write(Packet(events=events))
 
 
 def write_h5(path, events: np.ndarray, width: int, height: int,
              chunk_events: int = 1 << 20) -> None:
     """DSEC layout: events/{t,x,y,p}, t_offset, ms_to_idx, width/height root attributes."""
-    import h5py
-
     _check_writable(events)
-    t = events["t"].astype(np.int64)
-    t_offset = int(t[0]) if len(t) else 0
-    rel = t - t_offset
-    t_dtype = np.uint32 if (not len(rel) or (rel.min() >= 0 and rel.max() < 2**32)) else np.int64
-    n_ms = int(rel[-1]) // 1000 + 1 if len(rel) else 0
-    ms_to_idx = np.searchsorted(rel, np.arange(n_ms, dtype=np.int64) * 1000, side="left")
-    chunks = (min(max(len(t), 1), chunk_events),)
-    with h5py.File(path, "w") as f:
-        f.attrs["width"] = int(width)
-        f.attrs["height"] = int(height)
-        g = f.create_group("events")
-        g.create_dataset("t", data=rel.astype(t_dtype), chunks=chunks,
-                         maxshape=(None,))
-        g.create_dataset("x", data=events["x"].astype(np.uint16), chunks=chunks,
-                         maxshape=(None,))
-        g.create_dataset("y", data=events["y"].astype(np.uint16), chunks=chunks,
-                         maxshape=(None,))
-        g.create_dataset("p", data=events["p"].astype(np.uint8), chunks=chunks,
-                         maxshape=(None,))
-        f.create_dataset("t_offset", data=np.int64(t_offset))
-        f.create_dataset("ms_to_idx", data=ms_to_idx.astype(np.uint64))
+    with H5Writer(path, width=width, height=height,
+                  chunk_events=min(max(len(events), 1), chunk_events)) as w:
+        w.write(Packet(events=events))
+
+
+def _check_writable(events: np.ndarray) -> None:
+    if events.dtype != EVENT_DTYPE:
+        raise ValueError("events must be EVENT_DTYPE")

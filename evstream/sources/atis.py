@@ -18,8 +18,10 @@ not move time: the wrap detection above is what keeps time monotonic.
 A length that is not a multiple of 5 is read up to the last complete event; the cut is logged
 and described in `truncated_note`. Packets hold at most `chunk_events` events.
 
-`write_atis_bin(path, events)` writes the same format (t modulo 2^23), which this reader reads
-back exactly when the first t is below 2^23 and no two consecutive events are 2^22 us apart.
+`AtisBinWriter` streams packets into the same format (t modulo 2^23; `evstream convert` /
+`record` through sources/writers.py) and `write_atis_bin(path, events)` writes one array
+through it; this reader reads either back exactly when the first t is below 2^23 and no two
+consecutive events are 2^22 us apart (the writers refuse anything else).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from evstream.errors import SourceError
 from evstream.sources import register_reader
 from evstream.sources.base import EventSource
+from evstream.sources.stream_writer import NAMES, StreamWriter
 from evstream.types import EVENT_DTYPE, Packet
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,57 @@ def open_atis_bin(path, *, width=None, height=None, bad_events=None, filters=Non
 register_reader(".bin", open_atis_bin)
 
 
+class AtisBinWriter(StreamWriter):
+    """Stream 40-bit ATIS records into a .bin file (stream_writer.StreamWriter's interface):
+    records at every write(), no header, so a killed writer leaves a file read up to its last
+    whole record. What fits: x and y below 256 with y != 240 (the reference reader's overflow
+    marker), a first time below 2^23 us and steps between events below 2^22 us (the reader
+    unwraps the 23-bit field by them); anything else is a one-line error. The file does not
+    store the sensor size (read it back with width/height). Frames, IMU and triggers: not in
+    this format (dropped, counted)."""
+
+    format_name = "ATIS .bin"
+    suffixes = (".bin",)
+    cannot = {k: f"ATIS .bin holds events only (no {NAMES[k]})"
+              for k in ("frames", "imu", "triggers")}
+
+    def __init__(self, path, *, width, height, **kw):
+        super().__init__(path, width=width, height=height, **kw)
+        self._f = self._create()
+
+    def _check_more(self, ev) -> None:
+        x, y, t = ev["x"], ev["y"], ev["t"]
+        bad = np.flatnonzero((x > 255) | (y > 255))
+        if len(bad):
+            raise self._bad_event(ev, int(bad[0]), "does not fit ATIS .bin's 8-bit x and y")
+        bad = np.flatnonzero(y == OVERFLOW_Y)
+        if len(bad):
+            raise self._bad_event(ev, int(bad[0]), "has y = 240, which ATIS .bin reserves "
+                                  "(overflow marker)")
+        if self.t_last_us is None and int(t[0]) >= 1 << T_BITS:
+            raise self._bad_event(ev, 0, "is later than ATIS .bin's first time can be "
+                                  "(2^23 us); start times at 0 (--time zero)")
+        prev = t[0] if self.t_last_us is None else self.t_last_us
+        gap = np.flatnonzero(np.diff(t, prepend=prev) >= 1 << (T_BITS - 1))
+        if len(gap):
+            raise self._bad_event(ev, int(gap[0]), "comes 2^22 us or more after the event "
+                                  "before it: ATIS .bin's 23-bit time cannot hold the gap")
+
+    def _write(self, events, frames, imu, triggers):
+        if not len(events):
+            return
+        tm = events["t"].astype(np.int64) & ((1 << T_BITS) - 1)
+        rec = np.empty((len(events), RECORD_BYTES), np.uint8)
+        rec[:, 0] = events["x"]
+        rec[:, 1] = events["y"]
+        rec[:, 2] = ((events["p"] > 0).astype(np.int64) << 7) | (tm >> 16)
+        rec[:, 3] = (tm >> 8) & 0xFF
+        rec[:, 4] = tm & 0xFF
+        self._f.write(rec.tobytes())
+        self._sync()
+        self.written["events"] += len(events)
+
+
 def write_atis_bin(path, events: np.ndarray) -> int:
     """Write EVENT_DTYPE events as 40-bit ATIS records; returns the number written."""
     if events.dtype != EVENT_DTYPE:
@@ -173,13 +227,6 @@ def write_atis_bin(path, events: np.ndarray) -> int:
         d = np.diff(t)
         if np.any(d < 0) or np.any(d >= (1 << (T_BITS - 1))):
             raise ValueError("timestamps must be sorted, with steps below 2^22 us")
-    tm = t & ((1 << T_BITS) - 1)
-    rec = np.empty((len(events), RECORD_BYTES), np.uint8)
-    rec[:, 0] = events["x"]
-    rec[:, 1] = events["y"]
-    rec[:, 2] = ((events["p"] > 0).astype(np.int64) << 7) | (tm >> 16)
-    rec[:, 3] = (tm >> 8) & 0xFF
-    rec[:, 4] = tm & 0xFF
-    with open(path, "wb") as f:
-        rec.tofile(f)
-    return len(rec)
+    with AtisBinWriter(path, width=256, height=256) as w:
+        w.write(Packet(events=events))
+    return len(events)

@@ -37,7 +37,11 @@ dropped.
 Encoders turn sorted EVENT_DTYPE fields (+ optional triggers) into words that these decoders read
 back exactly: TIME_HIGH words step by less than half the range (so a long gap or a start far
 from 0 still decodes to the same 64-bit time), and the EVT 3.0 encoder packs runs of events with
-the same t, y and polarity and increasing x into VECT_12 / VECT_8 words.
+the same t, y and polarity and increasing x into VECT_12 / VECT_8 words. They are resumable like
+the decoders: what the decoder will hold after the words written so far (TIME_HIGH, TIME_LOW,
+row, vector base) lives in a small int64 array (`new_encoder_state()`) the caller keeps between
+calls, so a stream encoded chunk by chunk gives the words of one call over all of it (each
+call's events and triggers must not be earlier than the previous call's).
 """
 
 from __future__ import annotations
@@ -67,6 +71,18 @@ EVT2_LOW_BITS = 6
 EVT3_HIGH_BITS = 12
 EVT3_LOW_BITS = 12
 MAX_VECTOR_EVENTS = 12  # the most events one word can emit
+
+# -- encoder state slots (what the decoder holds after the words written so far; -1: nothing) -----
+ENC_HIGH = 0    # absolute TIME_HIGH
+ENC_LOW = 1     # EVT3: TIME_LOW
+ENC_Y = 2       # EVT3: row
+ENC_BASE = 3    # EVT3: vector base x
+ENC_POL = 4     # EVT3: vector polarity
+_ENC_STATE_LEN = 5
+
+
+def new_encoder_state() -> np.ndarray:
+    return np.full(_ENC_STATE_LEN, -1, dtype=np.int64)
 
 
 def new_evt2_state() -> np.ndarray:
@@ -281,11 +297,12 @@ def _step_high(out, k, cur, target, high_bits, kind_shift, kind, payload_shift):
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_evt2(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out):
-    """Sorted events (+ sorted triggers) -> EVT 2.0 words in `out`; returns the word count."""
+def encode_evt2(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out, state):
+    """Sorted events (+ sorted triggers) -> EVT 2.0 words in `out`; returns the word count.
+    `state` (new_encoder_state()) carries the decoder's TIME_HIGH from call to call."""
     order = _merge_order(ev_t, tr_t)
     k = 0
-    cur = np.int64(-1)
+    cur = state[ENC_HIGH]
     for q in range(order.shape[0]):
         j = order[q]
         t = ev_t[j] if j >= 0 else tr_t[-1 - j]
@@ -307,26 +324,28 @@ def encode_evt2(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out):
             value = np.int64(1) if tr_type[-1 - j] == 1 else np.int64(0)
             out[k] = (np.int64(0xA) << 28) | (low << 22) | value
         k += 1
+    state[ENC_HIGH] = cur
     return k
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_evt3(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out):
+def encode_evt3(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out, state):
     """Sorted events (+ sorted triggers) -> EVT 3.0 words in `out`; returns the word count.
 
     A run of consecutive events with the same t, y and polarity and strictly increasing x that
     fits in 12 columns becomes one VECT_12 (or VECT_8 when it fits in 8) word after a
     VECT_BASE_X (skipped when the decoder's base already covers the run); a lone event becomes
-    ADDR_X. Decoding yields the run in the same order, so the round trip is exact.
+    ADDR_X. Decoding yields the run in the same order, so the round trip is exact. `state`
+    (new_encoder_state()) carries what the decoder holds from call to call.
     """
     order = _merge_order(ev_t, tr_t)
     nq = order.shape[0]
     k = 0
-    cur = np.int64(-1)      # absolute TIME_HIGH the decoder holds
-    low = np.int64(-1)      # TIME_LOW the decoder holds
-    y = np.int64(-1)        # row the decoder holds
-    base = np.int64(-1)     # vector base x the decoder holds
-    base_pol = np.int64(-1)
+    cur = state[ENC_HIGH]   # absolute TIME_HIGH the decoder holds
+    low = state[ENC_LOW]    # TIME_LOW the decoder holds
+    y = state[ENC_Y]        # row the decoder holds
+    base = state[ENC_BASE]  # vector base x the decoder holds
+    base_pol = state[ENC_POL]
     q = 0
     while q < nq:
         j = order[q]
@@ -398,4 +417,9 @@ def encode_evt3(ev_t, ev_x, ev_y, ev_p, tr_t, tr_type, out):
             out[k] = (np.int64(0x2) << 12) | (pol << 11) | ex
             k += 1
             q += 1
+    state[ENC_HIGH] = cur
+    state[ENC_LOW] = low
+    state[ENC_Y] = y
+    state[ENC_BASE] = base
+    state[ENC_POL] = base_pol
     return k

@@ -26,10 +26,12 @@ format does not define. A last word (or DAT record) cut short is not an error: t
 at the last complete one and records a note (`notes`, also in `describe()`). Time going
 backwards and events outside the sensor are the base class's `bad_events` policy.
 
-Writers, for tests and benchmarks: `write_evt2`, `write_evt3`, `write_dat` write sorted
-EVENT_DTYPE events (and, for RAW, optional TRIGGER_DTYPE triggers) that the readers read back
-exactly. `write_evt3` uses VECT_12 / VECT_8 words for runs of same-t, same-row, same-polarity
-neighbours and ADDR_X otherwise.
+Writers: `RawWriter` (EVT 2.0 / 3.0) and `DatWriter` stream packets into a file as they come
+(the interface of stream_writer.StreamWriter; `evstream convert` / `record` through
+sources/writers.py); `write_evt2`, `write_evt3`, `write_dat` write one array of sorted
+EVENT_DTYPE events (and, for RAW, optional TRIGGER_DTYPE triggers) through them, for tests and
+benchmarks. The readers read either back exactly. EVT 3.0 uses VECT_12 / VECT_8 words for runs
+of same-t, same-row, same-polarity neighbours and ADDR_X otherwise.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from evstream.errors import SourceError
 from evstream.sources import evt_codec as codec
 from evstream.sources import register_reader
 from evstream.sources.base import EventSource
+from evstream.sources.stream_writer import NAMES, Held, StreamWriter
 from evstream.types import EVENT_DTYPE, TRIGGER_DTYPE, Packet
 
 log = logging.getLogger(__name__)
@@ -520,22 +523,129 @@ def _raw_header(evt: str, width: int, height: int) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+EVT_TIME_LIMIT_US = 1 << 40       # RawWriter: later times would need too many TIME_HIGH words
+EVT_TRIGGER_TYPES = (1, 2)        # what an EXT_TRIGGER word's edge value can say
+
+
+class RawWriter(StreamWriter):
+    """Stream EVT 2.0 / EVT 3.0 words into a .raw file (StreamWriter's interface).
+
+    Events and external triggers (dv TriggerType 1 rising / 2 falling edge: the EXT_TRIGGER
+    word's edge value; other types have no EVT word and are dropped and counted) are merged
+    into one time-ordered word stream; the encoder state is carried from write to write, so the
+    words decode to what one call over all of it gives (only an EVT 3.0 vector run is not
+    continued across two writes). A trigger later than the last event
+    written is held until the events pass it (or close()); one earlier than what was already
+    written is dropped and counted. Times are words counting from 0 (the decoder unwraps
+    them), so the writer stops at EVT_TIME_LIMIT_US (2^40 us, 12.7 days: the TIME_HIGH words
+    to get there pass 100,000 for EVT 3.0, and an epoch time would take 10^8). Coordinates have
+    11 bits: sensors up to 2048x2048. Frames and IMU samples: not in this format (dropped,
+    counted). The header (format line with the geometry) is written at once and the words at
+    every write(): a killed writer leaves a file the reader reads up to the last whole word.
+    """
+
+    suffixes = (".raw",)
+    carries = ("events", "triggers")
+    cannot = {"frames": "Prophesee RAW holds no frames",
+              "imu": "evstream writes no IMU words into Prophesee RAW"}
+    max_t_us = EVT_TIME_LIMIT_US
+    max_t_why = "times up to 2^40 us here"
+
+    def __init__(self, path, *, width, height, evt: str = "3.0", **kw):
+        if evt not in _WORD:
+            raise ValueError(f"evt must be '2.0' or '3.0', not {evt!r}")
+        self.evt = evt
+        self.format_name = "EVT 2.0" if evt == "2.0" else "EVT 3.0"
+        super().__init__(path, width=width, height=height, **kw)
+        self._fits(2048, 2048, "11-bit x and y")
+        self._encode = codec.encode_evt2 if evt == "2.0" else codec.encode_evt3
+        self._word_dtype = _WORD[evt][1]
+        self._state = codec.new_encoder_state()
+        self._held = Held(TRIGGER_DTYPE)
+        self._last_word_t = -1
+        self._f = self._create()
+        self._f.write(_raw_header(evt, self.width, self.height))
+        self._sync()
+
+    def _write(self, events, frames, imu, triggers):
+        if len(triggers):
+            tr = triggers[np.argsort(triggers["t"], kind="stable")]
+            ok = np.isin(tr["type"], EVT_TRIGGER_TYPES)
+            self._drop("triggers", len(tr) - int(ok.sum()), f"{self.format_name} triggers are "
+                       "external edges only (dv TriggerType 1 rising, 2 falling)")
+            tr = tr[ok]
+            late = tr["t"] < self._last_word_t
+            self._drop("triggers", int(late.sum()), "came after later events (the file is one "
+                       "time-ordered stream of words)")
+            tr = tr[~late]
+            self._held.add(tr["t"], tr)
+        tr = self._held.take(int(events["t"][-1]))[1] if len(events) else triggers[:0]
+        self._words(events, tr)
+
+    def _words(self, ev, tr) -> None:
+        n = len(ev) + len(tr)
+        if not n:
+            return
+        t_max = max(int(ev["t"][-1]) if len(ev) else 0, int(tr["t"][-1]) if len(tr) else 0)
+        if self.evt == "2.0":
+            cap = 2 * n + (t_max >> 6) // ((1 << 27) - 1) + 4
+        else:
+            cap = 4 * n + (t_max >> 12) // 2047 + 4
+        out = np.empty(cap, dtype=self._word_dtype)
+        k = self._encode(ev["t"], ev["x"], ev["y"], ev["p"], tr["t"], tr["type"], out,
+                         self._state)
+        self._f.write(out[:k].tobytes())
+        self._sync()
+        self._last_word_t = max(self._last_word_t, t_max)
+        self.counts["triggers"] += len(tr)
+        self.written["events"] += len(ev)
+        self.written["triggers"] += len(tr)
+
+    def _finish(self):
+        _, tr = self._held.take(None)
+        self._words(np.zeros(0, EVENT_DTYPE), tr)
+
+
+class DatWriter(StreamWriter):
+    """Stream a Prophesee DAT v2 file of CD (0x0C) events (StreamWriter's interface): the
+    header (with Width/Height) at once, 8-byte records at every write(), so a killed writer
+    leaves a file read up to its last whole record. Times are uint32 us (up to 71.6 min from
+    0), coordinates 14 bits (sensors up to 16384x16384). Triggers, frames and IMU: not in this
+    format (dropped, counted)."""
+
+    format_name = "DAT"
+    suffixes = (".dat",)
+    cannot = {k: f"Prophesee DAT holds CD events only (no {NAMES[k]})"
+              for k in ("frames", "imu", "triggers")}
+    max_t_us = (1 << 32) - 1
+    max_t_why = "uint32 times, up to 71.6 min"
+
+    def __init__(self, path, *, width, height, **kw):
+        super().__init__(path, width=width, height=height, **kw)
+        self._fits(1 << 14, 1 << 14, "14-bit x and y")
+        self._f = self._create()
+        self._f.write(f"% Data file containing CD events\n% Version 2\n% Width {self.width}\n"
+                      f"% Height {self.height}\n".encode("ascii"))
+        self._f.write(bytes([0x0C, DAT_RECORD.itemsize]))
+        self._sync()
+
+    def _write(self, events, frames, imu, triggers):
+        if not len(events):
+            return
+        rec = np.empty(len(events), DAT_RECORD)
+        rec["t"] = events["t"]
+        rec["w"] = (events["x"].astype(np.uint32) | (events["y"].astype(np.uint32) << 14)
+                    | ((events["p"] > 0).astype(np.uint32) << 28))
+        self._f.write(rec.tobytes())
+        self._sync()
+        self.written["events"] += len(events)
+
+
 def _write_raw(path, events, width, height, triggers, evt):
     ev = _checked(events, width, height, 2048)
     tr = _checked_triggers(triggers)
-    n = len(ev) + len(tr)
-    t_max = max(int(ev["t"][-1]) if len(ev) else 0, int(tr["t"][-1]) if len(tr) else 0)
-    if evt == "2.0":
-        cap = 2 * n + (t_max >> 6) // ((1 << 27) - 1) + 4
-        out = np.empty(cap, dtype="<u4")
-        k = codec.encode_evt2(ev["t"], ev["x"], ev["y"], ev["p"], tr["t"], tr["type"], out)
-    else:
-        cap = 4 * n + (t_max >> 12) // 2047 + 4
-        out = np.empty(cap, dtype="<u2")
-        k = codec.encode_evt3(ev["t"], ev["x"], ev["y"], ev["p"], tr["t"], tr["type"], out)
-    with open(path, "wb") as f:
-        f.write(_raw_header(evt, width, height))
-        f.write(out[:k].tobytes())
+    with RawWriter(path, width=width, height=height, evt=evt) as w:
+        w.write(Packet(events=ev, triggers=tr))
 
 
 def write_evt2(path, events, width, height, *, triggers=None) -> None:
@@ -551,13 +661,5 @@ def write_evt3(path, events, width, height, *, triggers=None) -> None:
 def write_dat(path, events, width, height) -> None:
     """Write sorted EVENT_DTYPE events as a Prophesee DAT v2 file of CD (0x0C) events."""
     ev = _checked(events, int(width), int(height), 1 << 14, max_t=(1 << 32) - 1)
-    rec = np.empty(len(ev), DAT_RECORD)
-    rec["t"] = ev["t"]
-    rec["w"] = (ev["x"].astype(np.uint32) | (ev["y"].astype(np.uint32) << 14)
-                | ((ev["p"] > 0).astype(np.uint32) << 28))
-    header = (f"% Data file containing CD events\n% Version 2\n% Width {int(width)}\n"
-              f"% Height {int(height)}\n").encode("ascii")
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(bytes([0x0C, DAT_RECORD.itemsize]))
-        f.write(rec.tobytes())
+    with DatWriter(path, width=width, height=height) as w:
+        w.write(Packet(events=ev))

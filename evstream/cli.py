@@ -29,10 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "  evstream replay file.aedat4\n"
                "  evstream replay file.aedat4 --speed max --no-model --lossless --json\n"
                "  evstream replay file.raw --speed 0.5 --loop --start 1.0 --end 3.0"),
-    "record": ("record any source (camera, network, file, synthetic) to .aedat4",
+    "record": ("record any source (camera, network, file, synthetic) to .aedat4 or any output "
+               "format",
                "  evstream record out.aedat4 --camera davis346 --duration 10\n"
                "  evstream record out.aedat4 --source tcp://127.0.0.1:7777\n"
                "  evstream record out.aedat4 --source in.raw          # convert a file"),
+    "convert": ("convert a recording between formats (aedat4, raw, dat, aedat, bin, npy, npz, h5, "
+                "rosbag2)",
+                "  evstream convert in.aedat4 out.raw\n"
+                "  evstream convert in.raw out.h5 --start 1 --end 3 --verify --json"),
     "repair": ("recover every intact packet of a damaged or truncated .aedat4 into a new file",
                "  evstream repair cut.aedat4 fixed.aedat4\n"
                "  evstream repair damaged.aedat4 fixed.aedat4 --json"),

@@ -137,7 +137,7 @@ def test_record_refuses_bad_outputs(realdata, tmp_path, capsys):
     (tmp_path / "old.aedat4").write_bytes(b"old")
     for args, needle in (((src, src), "is the input"),
                          ((src, src, "--force"), "is the input"),
-                         ((tmp_path / "out.raw", src), "must end in .aedat4"),
+                         ((tmp_path / "out.txt", src), "unknown output format"),
                          ((tmp_path / "out.aedat4", tmp_path / "nope.aedat4"), "no such file"),
                          ((tmp_path / "out.aedat4",), "no source given"),
                          ((tmp_path / "old.aedat4", src), "exists; give --force"),

@@ -50,7 +50,8 @@ from evstream.errors import EvstreamError
 from evstream.infer.device import PRECISIONS, resolve_device, resolve_precision
 from evstream.infer.onnx_export import (DEFAULT_EXPORTER, FORMAT_VERSION, INPUT_NAME, OPSET,
                                         OUTPUT_NAME, TOLERANCE, check_onnx, example_input,
-                                        export_onnx, onnx_session, read_onnx_config)
+                                        export_onnx, onnx_session, read_onnx_config,
+                                        read_onnx_metadata)
 from evstream.infer.predictor import Predictor
 
 log = logging.getLogger("evstream.infer")
@@ -119,7 +120,11 @@ def exported_onnx(model: torch.nn.Module, config: dict) -> tuple[Path | bytes, s
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(config.get("name", "model")))[:48]
     path = cache_dir() / f"{safe}-{cache_key(model, config)[:20]}.onnx"
     if path.is_file():
-        return path, f"{path} (cached export)"
+        try:
+            read_onnx_metadata(path)
+            return path, f"{path} (cached export)"
+        except EvstreamError as e:                   # damaged: made again below
+            log.warning("%s; exporting again", e)
     example = example_input(config)
     data = export_onnx(model, config, example)
     diff = check_onnx(data, model, example)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import random_events, run_cli
+from conftest import run_cli
 from conftest import run_evstream as evstream
 from evstream.commands.convert import EventDigest, convert
 from evstream.errors import EvstreamError

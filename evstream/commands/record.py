@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 
 import numpy as np

@@ -41,7 +41,7 @@ Times: `TimeBase` applies `--time`: keep (times as they are), zero (the first ti
 becomes 0: every time is shifted by the same `shift_us`), or auto (the default: zero where the
 first time is beyond what the format holds, `FORMATS[..].time_limit_us`, e.g. a DAVIS's
 microseconds since 1970 going into EVT, DAT, AEDAT 2.0 or .bin; keep otherwise). The shift is
-reported, and `convert --verify` takes it into account.
+reported (`t_shift_us`); `convert --verify` checks OUT against the shifted events.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable
-
-import numpy as np
 
 from evstream.errors import EvstreamError
 from evstream.types import Packet

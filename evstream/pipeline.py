@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+from multiprocessing.connection import wait as wait_for
 import os
 import shutil
 import signal
@@ -190,6 +191,12 @@ def _startup(state: _State, t_enter: float, t_end: float) -> dict:
         out["handshake"] = state.t_streaming - last_ready
     if state.t_done:
         out["teardown"] = t_end - state.t_done
+        # ... of which: the last final telemetry arriving, the processes exiting, the launcher
+        # removing the ring, slots and ipc folder
+        finals = max(m.get("finals", state.t_done), state.t_done)
+        exited = max(m.get("exited", finals), finals)
+        out["teardown_parts"] = {"final_telemetry": finals - state.t_done,
+                                 "exit": exited - finals, "cleanup": t_end - exited}
     def rnd(v):
         return {k: rnd(x) for k, x in v.items()} if isinstance(v, dict) else round(v, 3)
     return rnd(out)
@@ -390,9 +397,16 @@ def _finish(link, procs, state: _State, result: PipelineResult) -> None:
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline and (
             len(state.final) < len(procs) or any(p.is_alive() for p in procs.values())):
-        got = link.recv(0.02)
-        if got is not None:
-            _handle(state, result, *got)
+        if len(state.final) < len(procs):
+            got = link.recv(0.02)
+            if got is not None:
+                _handle(state, result, *got)
+            if len(state.final) == len(procs):
+                state.marks["finals"] = time.monotonic()
+        else:       # every word is in: wake as each process ends, not on a 20 ms poll
+            wait_for([p.sentinel for p in procs.values() if p.is_alive()],
+                               timeout=max(0.0, deadline - time.monotonic()))
+    state.marks["exited"] = time.monotonic()
     result.summary["final"] = state.final
     result.summary.update(_summarise({**state.latest, **state.final},
                                      result.summary.get("source", {}), state.ready))

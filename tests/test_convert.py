@@ -368,24 +368,32 @@ def test_record_writes_any_format(tmp_path, capsys):
 
 # -- ROS 2 bags ------------------------------------------------------------------------------------
 
-def test_rosbag2_output_is_chosen_by_format(realdata, tmp_path, capsys):
-    """--format rosbag2 (OUT: the bag's folder) goes to sources.rosbag_writer.RosbagWriter: a
-    round trip where that module exists, else one line saying it is missing."""
-    src = realdata.joinpath(*PEDESTRIANS)
-    out = tmp_path / "bag"
-    code, stdout, err = run_cli(capsys, "convert", src, out, "--format", "rosbag2", "--verify",
-                                "--json", "-q")
+def test_rosbag2_output_is_chosen_by_format_or_mcap_suffix(realdata, tmp_path, capsys):
+    """--format rosbag2 (OUT: the bag's folder) or OUT.mcap go to
+    sources.rosbag_writer.RosbagWriter: a round trip read back by evstream's bag reader where
+    that module exists, else one line saying it is missing."""
+    src = realdata.joinpath(*DAVIS)
     try:
         import evstream.sources.rosbag_writer  # noqa: F401
     except ModuleNotFoundError:
+        out = tmp_path / "bag"
+        code, _, err = run_cli(capsys, "convert", src, out, "--format", "rosbag2", "-q")
         assert code == 2 and err.strip() == (
             f"evstream convert: error: {out}: ROS 2 bag output is not built in this checkout "
             "(evstream.sources.rosbag_writer is missing)")
         assert not out.exists()
         return
-    assert code == 0, err
-    s = json.loads(stdout)
-    assert s["verify"]["ok"] and s["events"] == 5_000 and out.is_dir()
+    ev = everything(src)[0]
+    for out, fmt in ((tmp_path / "bag", ["--format", "rosbag2"]), (tmp_path / "one.mcap", [])):
+        code, stdout, err = run_cli(capsys, "convert", src, out, *fmt, "--verify", "--json",
+                                    "-q")
+        assert code == 0, err
+        s = json.loads(stdout)
+        assert s["format"] == "rosbag2" and s["verify"]["ok"], s["verify"]
+        assert (s["events"], s["frames"], s["imu"]) == (len(ev), 3, 130)
+        assert s["dropped"]["triggers"]["n"] == 15           # APS signals: no EVT word
+        assert np.array_equal(everything(out)[0], ev)
+    assert (tmp_path / "bag").is_dir() and (tmp_path / "one.mcap").is_file()
 
 
 # -- one-line errors -------------------------------------------------------------------------------
@@ -396,6 +404,7 @@ def test_errors_are_one_line(realdata, tmp_path, capsys):
     (tmp_path / "old.h5").write_bytes(b"old")
     (tmp_path / "dir.npz").mkdir()
     (tmp_path / "notabag").mkdir()
+    (tmp_path / "notabag" / "keep.txt").write_text("mine")
     for args, needle in (
             ((src, tmp_path / "o.txt"), "o.txt: unknown output format (suffix .txt)"),
             ((src, tmp_path / "o.raw", "--format", "evt4"), "--format evt4: unknown output"),

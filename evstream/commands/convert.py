@@ -1,8 +1,8 @@
 """`evstream convert IN OUT`: a recording from any format evstream reads into any it writes.
 
 - OUT's format comes from its suffix or --format NAME (sources/writers.py: .aedat4, .raw (EVT
-  3.0; --format evt2 for EVT 2.0), .dat, .aedat/.aedat2, .bin, .npy, .npz, .h5/.hdf5, and
-  --format rosbag2 for a ROS 2 bag folder).
+  3.0; --format evt2 for EVT 2.0), .dat, .aedat/.aedat2, .bin, .npy, .npz, .h5/.hdf5, .mcap (a
+  ROS 2 bag in one file), and --format rosbag2 for a ROS 2 bag folder).
 - What is written: IN's events, frames, IMU samples and triggers, after --start/--end (seconds
   from the first event: items before first + start are dropped, reading stops at first + end)
   and the source options `record` takes (--roi, --polarity, --hot-pixels, --refractory-us,
@@ -51,7 +51,7 @@ EXAMPLES = """  evstream convert in.aedat4 out.raw                 # EVT 3.0 (fr
   evstream convert in.raw out.raw --format evt2 --force
   evstream convert in.aedat4 out.h5 --start 1.0 --end 3.5 --verify --json
   evstream convert in.aedat out.npz --roi 0,0,120,90 --refractory-us 500
-  evstream convert in.raw bag --format rosbag2       # a ROS 2 bag folder
+  evstream convert in.raw bag --format rosbag2       # a ROS 2 bag folder (or: out.mcap)
   evstream convert in.aedat4 nmnist.bin --time zero  # times from 0 (auto does it where needed)"""
 
 PACKET_EVENTS = 1 << 18

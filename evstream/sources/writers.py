@@ -11,9 +11,11 @@ only when called, so importing this registry loads no writer.
 
 Which format OUT is written in: `--format NAME` where given (OUT must then carry one of that
 format's suffixes, so evstream's readers find it again), else OUT's suffix (the first format
-listing it: .raw is EVT 3.0, .dat Prophesee DAT). A ROS 2 bag is a folder, so it is chosen by
-`--format rosbag2` only; OUT is the bag's folder (it must not exist, or --force replaces a
-folder that holds a bag's metadata.yaml). Anything else is a one-line error.
+listing it: .raw is EVT 3.0, .dat Prophesee DAT, .mcap a ROS 2 bag). A ROS 2 bag
+(sources.rosbag_writer.RosbagWriter) is a folder, chosen by `--format rosbag2` (OUT: the bag's
+folder, sqlite3 storage; it must not exist, or --force replaces an empty folder or one that
+holds a bag's metadata.yaml), or one mcap file, chosen by OUT's suffix .mcap. Anything else is
+a one-line error.
 
 format   OUT                holds (the rest is dropped and counted)   times        a killed record
 aedat4   .aedat4            events, frames, IMU, triggers             int64        all but ~0.5 s
@@ -25,14 +27,15 @@ bin      .bin               events (x < 256, y < 256, y != 240)       < 2^23 (1)
 npy      .npy               events                                    int64        all written
 npz      .npz               events                                    int64        nothing
 h5       .h5, .hdf5         events (DSEC layout)                      int64        no guarantee
-rosbag2  folder + --format  what sources.rosbag_writer.RosbagWriter   int64        see there
-                            writes
+rosbag2  folder + --format, events (EVT 3.0 packets), frames, IMU,   int64        nothing: the
+         or .mcap           triggers of dv type 1/2                                bag is made at
+                                                                                   close
 (1) the first time; steps between events below 2^31 (aedat2) / 2^22 us (bin). (2) not the side
 records held for the events to pass them. AEDAT 2.0 is jAER's DAVIS layout (a DVS128: events
 and type-2 triggers). "all written": flushed to the kernel at every write, fdatasync'ed every
 0.25 s (stream_writer.py); aedat4: writer.py.
 
-Geometry limits (one-line error at open): EVT 2048x2048, DAT 16384x16384, AEDAT 2.0 only jAER's
+Geometry limits (one-line error at open): EVT and ROS 2 bags 2048x2048, DAT 16384x16384, AEDAT 2.0 only jAER's
 chip sizes (240x180, 346x260, 640x480, 128x128). .bin and .npy files do not store the geometry
 (.bin's events are checked one by one against its 8-bit fields); they are read back with the
 source's width/height.
@@ -65,7 +68,7 @@ class WriterFormat:
     holds: str = "events"            # one line for --help and the summary
     stores_geometry: bool = True     # False: read it back with the source's width/height
     time_limit_us: int | None = None  # auto time: zero when the first time is not below this
-    folder: bool = False             # OUT is a folder
+    folder: bool = False             # OUT may be a folder of any name (with --format)
     declares_streams: bool = False   # the writer wants the side streams at open (frames/imu/...)
 
 
@@ -147,8 +150,8 @@ FORMATS: dict[str, WriterFormat] = {f.name: f for f in (
     WriterFormat("npy", "numpy .npy", (".npy",), _npy, "events", stores_geometry=False),
     WriterFormat("npz", "numpy .npz", (".npz",), _npz, "events"),
     WriterFormat("h5", "HDF5, DSEC layout", (".h5", ".hdf5"), _h5, "events"),
-    WriterFormat("rosbag2", "ROS 2 bag", (), _rosbag2, "see sources/rosbag_writer.py",
-                 folder=True, declares_streams=True),
+    WriterFormat("rosbag2", "ROS 2 bag", (".mcap",), _rosbag2,
+                 "events, frames, IMU, triggers (edges)", folder=True, declares_streams=True),
 )}
 
 
@@ -163,7 +166,7 @@ def resolve(out: str, fmt: str | None = None) -> WriterFormat:
         f = FORMATS.get(fmt.lower())
         if f is None:
             raise EvstreamError(f"--format {fmt}: unknown output format; one of {names()}")
-        if f.suffixes and not out.lower().endswith(f.suffixes):
+        if not f.folder and not out.lower().endswith(f.suffixes):
             raise EvstreamError(f"{out}: --format {f.name} writes {' or '.join(f.suffixes)} "
                                 f"files")
         return f
@@ -189,7 +192,7 @@ def check_output(out: str, fmt: WriterFormat, spec: str | None, force: bool,
     if os.path.lexists(out):
         if not force:
             raise EvstreamError(f"{out}: exists; give {flag} to replace it")
-        if fmt.folder and os.path.isdir(out) and \
+        if fmt.folder and os.path.isdir(out) and os.listdir(out) and \
                 not os.path.exists(os.path.join(out, "metadata.yaml")):
             raise EvstreamError(f"{out}: is a folder that holds no ROS 2 bag (no metadata.yaml); "
                                 "not replaced")

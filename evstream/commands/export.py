@@ -41,7 +41,6 @@ from pathlib import Path
 
 from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
-from evstream.infer.onnx_export import example_input
 from evstream.outpaths import ensure_dir
 
 HELP = "export a student (state dict + config, TorchScript) for the worker"
@@ -146,6 +145,8 @@ def export(source: str, out: str, torchscript: bool = True, formats=None,
     if cfg.get("modality") == "images":
         warnings.warn(f"{src}: exporting a network that reads images (a teacher)")
     out_dir = ensure_dir(out, "export")
+    from evstream.infer.onnx_export import example_input
+
     x = example_input(cfg)
     with torch.no_grad():
         ref = model(x)

@@ -4,9 +4,9 @@ The config is built in this order, each step overriding the last: the preset (or
 or with --resume and neither given, the run's own RUN/config.json), then the dedicated flags
 (--data, --out, --stage, --setting, --teacher, --device, --threads, --amp, --fp32-math), then
 every --set key.path=value in order. The device is checked before any data loads (a GPU this
-machine does not have is one line, exit 2). The resolved config is printed once it is checked (on stderr with
---json, where stdout carries only the summary object) and saved as RUN/config.json and
-RUN/config.toml.
+machine does not have is one line, exit 2). The resolved config is printed once it is checked
+(on stderr with --json, where stdout carries only the summary object) and saved as
+RUN/config.json and RUN/config.toml.
 
 Under torchrun (`python -m torch.distributed.run --nproc_per_node N -m evstream train ...`) every
 rank runs this command; only rank 0 prints and writes. See evstream/distill/train.py for the

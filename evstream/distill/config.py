@@ -157,7 +157,7 @@ class TrainCfg:
     stage: str = "all"                 # "1" | "2" | "all"
     teacher_ckpt: str = ""             # --teacher: skip stage 1, load this teacher
     seed: int = 0
-    device: str = "auto"               # "auto" | "cpu" | "cuda[:N]" (under torchrun: cuda:LOCAL_RANK)
+    device: str = "auto"               # "auto" | "cpu" | "cuda[:N]" (torchrun: cuda:LOCAL_RANK)
     amp: str = "auto"                  # mixed precision: "auto" (CUDA: bf16, or fp16 + GradScaler
                                        # where there is no bf16; CPU: off) | "off" | "bf16" |
                                        # "fp16" (CUDA only); see runtime.py

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "  evstream run --camera davis346\n"
             "  evstream run --camera any --serial DAVIS346_00000104 --window-ms 33\n"
             "  evstream run --camera davis346 --record out.aedat4 --json"),
-    "replay": ("replay a recording through the pipeline (same as run, from a file)",
+    "replay": ("replay a recording through the pipeline: student predictions over the events",
                "  evstream replay file.aedat4\n"
                "  evstream replay file.aedat4 --speed max --no-model --lossless --json\n"
                "  evstream replay file.raw --speed 0.5 --loop --start 1.0 --end 3.0"),
@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "  evstream record out.aedat4 --source tcp://127.0.0.1:7777\n"
                "  evstream record out.aedat4 --source in.raw          # convert a file"),
     "convert": ("convert a recording between formats (aedat4, raw, dat, aedat, bin, npy, npz, h5, "
-                "rosbag2)",
+                "...)",
                 "  evstream convert in.aedat4 out.raw\n"
                 "  evstream convert in.raw out.h5 --start 1 --end 3 --verify --json"),
     "repair": ("recover every intact packet of a damaged or truncated .aedat4 into a new file",
@@ -51,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "  evstream train --preset tiny --data data/seg --out runs/tiny"),
     "eval": ("evaluate a checkpoint or shipped model on a dataset split",
              "  evstream eval models/student --data data/seg --split test --json"),
-    "export": ("export a student (state dict + config, and TorchScript) for the worker",
+    "export": ("export a student (state dict + config, TorchScript, ONNX) for the worker",
                "  evstream export runs/tiny --out student_export"),
     "synth": ("generate labelled synthetic event datasets (segmentation / classification)",
               "  evstream synth seg data/seg --sequences 8 --seconds 10 --seed 1"),
@@ -78,7 +78,19 @@ def _load(name: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: only the subcommand it names is imported and configured (the
+    others get their line of help from COMMANDS), so `evstream --help` and every command start
+    without importing the other commands' modules (torch, Numba, dv-processing, ...)."""
+    chosen = _command_in(sys.argv[1:] if argv is None else argv)
     p = _Parser(prog="evstream", description="Real-time streaming pipeline for event cameras.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="examples:\n" + "\n".join(ex.splitlines()[0] for ex in
@@ -87,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, examples) in COMMANDS.items():
+        if name != chosen:
+            sub.add_parser(name, help=help_, add_help=False)
+            continue
         mod = _load(name)
         if mod is not None:        # a built command's own help and examples win over the table
             help_ = getattr(mod, "HELP", help_)
@@ -111,7 +126,7 @@ def _not_built(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else
                         logging.INFO if args.verbose else logging.WARNING,

@@ -43,7 +43,7 @@ from evstream.atomic import atomic_write
 from evstream.errors import EvstreamError
 from evstream.outpaths import ensure_dir
 
-HELP = "export a student (state dict + config, TorchScript) for the worker"
+HELP = "export a student (state dict + config, TorchScript, ONNX) for the worker"
 EXAMPLES = """  evstream export runs/tiny --out student_export
   evstream export runs/tiny/student/model.pt --out student_export --json
   evstream export runs/tiny --out exp --no-torchscript

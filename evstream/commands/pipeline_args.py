@@ -180,8 +180,7 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
     _positive("--max-batch", args.max_batch, allow_none=False)
     if not 0.0 <= args.alpha <= 1.0:
         raise EvstreamError(f"--alpha must be in 0..1, not {args.alpha}")
-    from evstream.infer.backends import check_infer_config
-    from evstream.represent import list_representations
+    from evstream.represent.registry import list_representations
 
     infer = None
     model_cfg: dict = {}
@@ -192,6 +191,8 @@ def pipeline_config(args, spec: str | None, live: bool) -> PipelineConfig:
                             precision=args.precision, cuda_graphs=args.cuda_graphs,
                             compile=args.compile, max_batch=args.max_batch,
                             backend=getattr(args, "backend", "auto"))
+        from evstream.infer.backends import check_infer_config
+
         check_infer_config(infer)
     rep_cfg = model_cfg.get("representation", {})
     win_cfg = model_cfg.get("window", {})

@@ -9,6 +9,14 @@ evstream/stages/worker.py).
     onnx_export.py   the network -> ONNX with its model config in the metadata, and back
 """
 
-from evstream.infer.predictor import Predictor, check_compatible
-
 __all__ = ["Predictor", "check_compatible"]
+
+
+def __getattr__(name: str):
+    # torch is imported with the predictor, when it is used: importing evstream.infer (the
+    # launcher does, for backends.check_infer_config) stays cheap
+    if name in __all__:
+        from evstream.infer import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'evstream.infer' has no attribute {name!r}")

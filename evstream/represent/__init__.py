@@ -16,14 +16,18 @@ reused when given):
 entry point of the voxel grid (the fast kernel); `voxel_grid_numpy` is its reference.
 """
 
-from evstream.represent.evdistill import evdistill_rgb, evdistill_rgb_numba, evdistill_rgb_numpy
-from evstream.represent.histogram import histogram, histogram_numba, histogram_numpy
-from evstream.represent.registry import (UnknownRepresentationError, get_representation,
-                                         list_representations, register_representation,
-                                         representation_params)
-from evstream.represent.timesurface import (NEVER_US, last_timestamps, last_timestamps_numpy,
-                                            time_surface, time_surface_numba, time_surface_numpy)
-from evstream.represent.voxel import voxel_grid, voxel_grid_numba, voxel_grid_numpy
+# Each name comes from its module when first asked for (PEP 562): importing the package, or its
+# registry alone (the launcher checks a representation's name), loads no Numba kernel.
+_FROM = {
+    "evdistill": ("evdistill_rgb", "evdistill_rgb_numba", "evdistill_rgb_numpy"),
+    "histogram": ("histogram", "histogram_numba", "histogram_numpy"),
+    "registry": ("UnknownRepresentationError", "get_representation", "list_representations",
+                 "register_representation", "representation_params"),
+    "timesurface": ("NEVER_US", "last_timestamps", "last_timestamps_numpy", "time_surface",
+                    "time_surface_numba", "time_surface_numpy"),
+    "voxel": ("voxel_grid", "voxel_grid_numba", "voxel_grid_numpy"),
+}
+_MODULE_OF = {name: mod for mod, names in _FROM.items() for name in names}
 
 __all__ = [
     "NEVER_US", "UnknownRepresentationError", "evdistill_rgb", "evdistill_rgb_numba",
@@ -33,3 +37,19 @@ __all__ = [
     "time_surface_numba", "time_surface_numpy", "voxel_grid", "voxel_grid_numba",
     "voxel_grid_numpy",
 ]
+
+
+def __getattr__(name: str):
+    mod = _MODULE_OF.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'evstream.represent' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"evstream.represent.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULE_OF))
+

@@ -73,17 +73,28 @@ def register_representation(name: str) -> Callable[[type], type]:
     return deco
 
 
+# The built-in representations and the module that registers each: names are known (for
+# checking a command line) without importing the modules and their Numba kernels, which a
+# launcher never runs.
+BUILT_IN = {"voxel": "voxel", "histogram": "histogram", "histogram_max": "histogram",
+            "timesurface": "timesurface", "evdistill_rgb": "evdistill"}
+
+
 def get_representation(name: str):
+    if name not in _REGISTRY and name in BUILT_IN:
+        import importlib
+
+        importlib.import_module(f"evstream.represent.{BUILT_IN[name]}")
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
+        known = ", ".join(list_representations()) or "none"
         raise UnknownRepresentationError(
             f"unknown representation {name!r} (known: {known})") from None
 
 
 def list_representations() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(BUILT_IN))
 
 
 # ---------------------------------------------------------------------------------------------

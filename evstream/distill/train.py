@@ -43,7 +43,9 @@ CUDA. The whole TaskModule (student + BMR + discriminator; the frozen teacher ha
 parameter) is one DistributedDataParallel, so one backward averages every gradient over ranks;
 the global batch is split evenly (stageN.batch_size must be divisible by the world size). Loss
 values, samples/s and the evaluation's confusion matrices are all-reduced; every rank keeps the
-same weights, rank 0 writes the files.
+same weights, rank 0 writes the files. One process (WORLD_SIZE 1) creates no process group, so
+on a one-GPU machine nccl, DDP and SyncBatchNorm are exercised by tools/ddp_check.py instead.
+Each rank's device: runtime.py (cuda:LOCAL_RANK under torchrun); mixed precision: stage.py.
 """
 
 from __future__ import annotations

@@ -112,12 +112,14 @@ class Ctx:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def evstream(self, *args, timeout: float = 300, env: dict | None = None) -> tuple[int, str,
-                                                                                        str]:
+    def evstream(self, *args, timeout: float = 300, env: dict | None = None,
+                 fresh: bool = False) -> tuple[int, str, str]:
         """`evstream ARGS`: in this process with --quick (no interpreter start-up: the test),
-        else as a child process (a crash or CUDA error there cannot take the check down)."""
+        else, or when `fresh`, as a child process (a crash or CUDA error there cannot take the
+        check down; a pipeline's launcher may fork its stages, which it must not do from a
+        process whose torch has started threads)."""
         args = [str(a) for a in args]
-        if self.quick and env is None:
+        if self.quick and env is None and not fresh:
             from evstream.cli import main
 
             out, err = io.StringIO(), io.StringIO()
@@ -132,8 +134,8 @@ class Ctx:
                            env={**os.environ, **(env or {})})
         return r.returncode, r.stdout, r.stderr
 
-    def evstream_json(self, *args, timeout: float = 300) -> dict:
-        code, out, err = self.evstream(*args, "--json", timeout=timeout)
+    def evstream_json(self, *args, timeout: float = 300, fresh: bool = False) -> dict:
+        code, out, err = self.evstream(*args, "--json", timeout=timeout, fresh=fresh)
         if code != 0:
             raise Failed(f"evstream {args[0]} exited {code}: {_tail(err)}")
         return json.loads(out.strip().splitlines()[-1])
@@ -800,7 +802,8 @@ def export(ctx):
 def replay(ctx):
     rec = recording(ctx, "replay", 0.6 if ctx.quick else 3.0, 2e5)
     s = ctx.evstream_json("replay", rec, "--model", exported(ctx), "--device", ctx.device,
-                          "--lossless", "--speed", "max", "--no-window", "--status-every", "0")
+                          "--lossless", "--speed", "max", "--no-window", "--status-every", "0",
+                          fresh=True)
     windows, preds = s.get("windows", 0), s.get("predictions", 0)
     line = (f"{rec.name} on {s.get('device')}: {windows} windows, {preds} predictions, "
             f"{s.get('dropped_windows')} dropped")

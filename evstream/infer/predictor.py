@@ -289,8 +289,9 @@ class Predictor:
             self._graphs = {}
             self._warm_up()
             return
-        self.compile_status = (f"compiled ({self.compile_backend}): batch 1-{self.max_batch} at "
-                               f"network input {hw[1]}x{hw[0]}")
+        batches = "batch 1" if self.max_batch == 1 else f"batch 1-{self.max_batch}"
+        self.compile_status = (f"compiled ({self.compile_backend}): {batches} at network input "
+                               f"{hw[1]}x{hw[0]}")
 
     def _warm_up(self) -> None:
         gen = torch.Generator(device="cpu").manual_seed(0)

@@ -384,3 +384,23 @@ def test_quiet_replay_prints_no_status_lines():
     assert len(loud.stderr.strip().splitlines()) >= 2
     assert quiet.stderr.strip() == ""
     assert "latency" in quiet.stdout and "events" in quiet.stdout
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_both_start_methods_stream_everything(method, monkeypatch):
+    """Stages are forked from the launcher on Linux (after it loaded what they all need once)
+    and spawned elsewhere; EVSTREAM_START_METHOD picks either, with the same stream."""
+    monkeypatch.setenv("EVSTREAM_START_METHOD", method)
+    r = cli("replay", "synthetic:?seed=4&rate=2e5&duration=0.5", "--no-model", "--speed", "max",
+            "--lossless", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["events_in"] == s["events_out"] > 0 and s["dropped_events"] == 0
+    assert set(s["startup_s"]["stages"]) == {"source", "window", "sink"}
+
+
+def test_an_unknown_start_method_is_one_line(monkeypatch):
+    monkeypatch.setenv("EVSTREAM_START_METHOD", "teleport")
+    r = cli("replay", "synthetic:?seed=4&rate=2e5&duration=0.2", "--no-model")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "EVSTREAM_START_METHOD" in r.stderr

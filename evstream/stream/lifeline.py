@@ -147,6 +147,11 @@ def stage_main(launcher_pid: int, module: str, function: str, cfg, endpoints: di
     """The target of every stage process: the lifeline first, then the stage's imports (the
     worker's take seconds) and its function."""
     START_TIMES["main"] = time.monotonic()
+    # a forked stage (pipeline.start_method) starts with the launcher's handlers: its SIGTERM
+    # handler raises the launcher's own exception. A stage is terminated like any process.
+    # (SIGINT stays ignored: the launcher turns Ctrl-C into `stop`.)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
     bind_to_launcher(launcher_pid)
     try:
         fn = getattr(importlib.import_module(module), function)

@@ -165,6 +165,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         shutil.rmtree(tmpdir, ignore_errors=True)
     now = time.monotonic()
     result.summary["startup_s"] = _startup(state, t_enter, now)
+    result.summary["start_method"] = method
     result.summary["wall_s"] = round(now - t_start, 3)
     # streaming time: from `start` to the end, without process start-up and kernel loading
     end = state.t_done if len(state.done) == len(procs) else now
@@ -176,15 +177,43 @@ START_METHODS = ("fork", "spawn")
 
 
 def start_method() -> str:
-    """How stage processes start: `fork` on Linux (they begin with what `_preload` loaded here),
-    `spawn` elsewhere; EVSTREAM_START_METHOD=spawn|fork chooses."""
+    """How stage processes start: `fork` on Linux when this process has one thread (they begin
+    with what `_preload` loaded here), `spawn` otherwise; EVSTREAM_START_METHOD=spawn|fork
+    chooses (fork from a process with other threads is at the user's risk)."""
     m = os.environ.get("EVSTREAM_START_METHOD", "").strip().lower()
     if m:
         if m not in START_METHODS:
             raise EvstreamError(f"EVSTREAM_START_METHOD={m!r}: expected one of "
                                 f"{', '.join(START_METHODS)}")
         return m
-    return "fork" if sys.platform.startswith("linux") else "spawn"
+    if not sys.platform.startswith("linux"):
+        return "spawn"
+    return "fork" if fork_is_safe() else "spawn"
+
+
+def fork_is_safe() -> bool:
+    """fork copies one thread: where this process already runs others (a thread pool that
+    OpenCV, Numba's parallel layer or torch started, e.g. `evstream demo` right after it
+    generated its recording), a forked stage could wait forever on a lock one of them held.
+    Safe: no OpenCV loaded, Numba's parallel layer not started, and no thread beyond numpy's
+    OpenBLAS pool (which stops itself around a fork: pthread_atfork)."""
+    if "cv2" in sys.modules:
+        return False
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is not None and getattr(par, "_is_initialized", False):
+        return False
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return False
+    blas = 0
+    if "numpy" in sys.modules:
+        env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        try:
+            blas = max(0, (int(env) if env else os.cpu_count() or 1) - 1)
+        except ValueError:
+            blas = max(0, (os.cpu_count() or 1) - 1)
+    return threads <= 1 + blas
 
 
 def _preload(cfg: PipelineConfig) -> None:

@@ -404,3 +404,16 @@ def test_an_unknown_start_method_is_one_line(monkeypatch):
     r = cli("replay", "synthetic:?seed=4&rate=2e5&duration=0.2", "--no-model")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "EVSTREAM_START_METHOD" in r.stderr
+
+
+def test_fork_only_from_a_process_without_other_thread_pools():
+    """`evstream demo` generates its recording (OpenCV's pool starts) and then replays it in the
+    same process: its stages are spawned, not forked from threads they would not have."""
+    code = ("import sys\n"
+            "from evstream.pipeline import fork_is_safe\n"
+            "import numpy\n"
+            "a = fork_is_safe()\n"
+            "import cv2\n"
+            "print(sys.platform.startswith('linux') and a, fork_is_safe())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["True", "False"], r.stderr

@@ -15,6 +15,8 @@ from evstream.commands.common import add_replay_args, add_source_args, source_sp
 from evstream.commands.pipeline_args import add_pipeline_args, pipeline_config, run_and_report
 from evstream.errors import EvstreamError
 
+# the pipeline released everything when the command returns: no interpreter teardown
+EXIT_AT_ONCE = True
 HELP = "replay a recording through the pipeline: student predictions over the events"
 EXAMPLES = """  evstream replay file.aedat4                                # live overlay window
   evstream replay file.aedat4 --no-window --video out.mp4 --json

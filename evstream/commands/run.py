@@ -13,6 +13,8 @@ from evstream.commands.common import add_source_args, source_spec
 from evstream.commands.pipeline_args import add_pipeline_args, pipeline_config, run_and_report
 from evstream.errors import EvstreamError
 
+# the pipeline released everything when the command returns: no interpreter teardown
+EXIT_AT_ONCE = True
 HELP = "live camera -> student -> overlay window"
 EXAMPLES = """  evstream run --camera davis346
   evstream run --camera davis346 --model evdistill-r18q-seg --window-ms 50 --record out.aedat4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import os
 
 from evstream.stream.control import AFTER_DONE_NICE, LauncherLink, StageLink
@@ -21,7 +22,9 @@ def test_ready_reaches_the_launcher_and_freezes_the_setup_heap(tmp_path):
         got = launcher.recv(5.0)
         assert got is not None
         stage, msg = got
-        assert stage == "window" and msg["kind"] == "ready" and msg["info"] == {"channels": 5}
+        assert stage == "window" and msg["kind"] == "ready" and msg["info"]["channels"] == 5
+        times = msg["info"]["times"]          # the stage's start-up moments (startup_s)
+        assert set(times) >= {"ready"} and times["ready"] <= time.monotonic()
     finally:
         gc.unfreeze()
         link.close()

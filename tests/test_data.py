@@ -65,7 +65,7 @@ def make_synth(root, task="seg", fmt="aedat4", n_seq=3):
         ev = random_events(3000, W, H, duration_us=200_000, seed=k)
         # events exactly on window bounds: t = frame time is outside its window, t = frame
         # time - 50 ms inside
-        edge = np.array([t + d for t in FRAME_T for d in (-50_000, 0)])
+        edge = np.array([t + d for t in FRAME_T for d in (-50_000, 0) if t + d >= 0])
         ev = np.concatenate([ev, make_events(edge, np.arange(len(edge)) % W, 5, 1)],
                             dtype=ev.dtype)
         ev = ev[np.argsort(ev["t"], kind="stable")]

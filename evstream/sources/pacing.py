@@ -132,11 +132,12 @@ def join_packets(parts: list[Packet]) -> Packet:
                             else parts[0].triggers[:0]))
 
 
-def slice_packet(pkt: Packet, base_us: int,
-                 slice_us: int = SLICE_US) -> Iterator[tuple[int, Packet]]:
+def slice_packet(pkt: Packet, base_us: int, slice_us: int = SLICE_US,
+                 span: tuple[int, int] | None = None) -> Iterator[tuple[int, Packet]]:
     """Cut a packet into slices [base + k*slice_us, base + (k+1)*slice_us); yields
-    (due time = newest item in the slice, slice packet). Event slices are views."""
-    span = _times(pkt)
+    (due time = newest item in the slice, slice packet). Event slices are views. `span`:
+    the packet's _times when the caller has them."""
+    span = span or _times(pkt)
     if span is None:
         return
     k0 = (span[0] - base_us) // slice_us
@@ -237,16 +238,33 @@ class PacedSource(EventSource):
         """Packets of the current source, trimmed, with (first event time) discovered;
         yields (first_us, packet). Returns when past the end or the source is exhausted."""
         pending: list[Packet] = []
-        for pkt in self._src.packets():
+        try:
+            yield from self._trimmed(first_us, pending)
+        finally:
             self._sync_stats()
+        for p in pending:   # a stream without events: nothing to measure start/end against
+            if not p.is_empty():
+                yield first_us, p
+
+    def _trimmed(self, first_us, pending):
+        trim = self.start_us is not None or self.end_us is not None
+        for i, pkt in enumerate(self._src.packets()):
+            if not i & 63:              # (and at the end): a live view of the inner counters
+                self._sync_stats()
             if first_us is None:
                 if len(pkt.events) == 0:
                     pending.append(pkt)
                     continue
                 first_us = int(pkt.events["t"][0])
-                todo, pending = pending + [pkt], []
+                todo = pending + [pkt]
+                pending.clear()          # (the caller's list: what is left is yielded there)
             else:
                 todo = [pkt]
+            if not trim:
+                for p in todo:
+                    if not p.is_empty():
+                        yield first_us, p
+                continue
             lo = None if self.start_us is None else first_us + self.start_us
             hi = None if self.end_us is None else first_us + self.end_us
             for p in todo:
@@ -255,13 +273,9 @@ class PacedSource(EventSource):
                     continue
                 if hi is not None and span[0] >= hi:
                     return
-                p = _trim(p, lo, hi) if (lo is not None or hi is not None) else p
+                p = _trim(p, lo, hi)
                 if not p.is_empty():
                     yield first_us, p
-        self._sync_stats()
-        for p in pending:   # a stream without events: nothing to measure start/end against
-            if not p.is_empty():
-                yield first_us, p
 
     def _release(self, held: list[Packet], due_us: int, base: int) -> Packet:
         """Wait until the wall clock reaches due_us, then -> the held parts as one packet."""
@@ -300,7 +314,9 @@ class PacedSource(EventSource):
                 if self.speed is None:
                     yield pkt
                     continue
-                for due_us, part in slice_packet(pkt, base, self.slice_us):
+                if offset_us:
+                    span = (span[0] + offset_us, span[1] + offset_us)
+                for due_us, part in slice_packet(pkt, base, self.slice_us, span):
                     k = (due_us - base) // self.slice_us
                     if held and k != held_k:
                         yield self._release(held, held_due, base)

@@ -192,7 +192,11 @@ class LauncherLink:
     """The launcher's end: one ROUTER bound to `url`."""
 
     def __init__(self, url: str, ctx: zmq.Context | None = None):
-        self.ctx = ctx or zmq.Context.instance()
+        # its own context, ended at close: a process that runs pipelines one after another
+        # (a benchmark, a notebook) keeps no zmq threads between them, so its next launch may
+        # fork its stages (pipeline.fork_is_safe)
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
         self.sock = sockets.open_endpoint({"control": url}, "control", "bind", linger=0,
                                           ctx=self.ctx)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -217,3 +221,5 @@ class LauncherLink:
 
     def close(self) -> None:
         self.sock.close()
+        if self._own_ctx:
+            self.ctx.term()

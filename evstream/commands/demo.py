@@ -37,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", default="1.0", help="replay speed: 1.0 (real time), N or max")
     p.add_argument("--lossless", action="store_true", help="deliver every window")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no status lines while the replay runs (the summary still prints)")
     p.add_argument("--video", default=os.path.join("demo-output", "overlay.mp4"),
                    help="where the overlay video goes (default: %(default)s)")
     p.add_argument("--model", help="a model name or checkpoint (default: the shipped default)")
@@ -88,6 +90,8 @@ def main(args) -> int:
     show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     argv = ["replay", str(path), *([] if show else ["--no-window"]), "--video", args.video,
             "--speed", str(args.speed), "--status-every", "1"]
+    if args.quiet:
+        argv.append("--quiet")
     if args.model:
         argv += ["--model", args.model]
     if args.lossless:

@@ -171,6 +171,8 @@ def test_info_json_on_a_real_bag_has_the_keys_of_any_recording(realdata, capsys)
     assert (d["events"], d["triggers"], d["width"], d["height"]) == (82_469, 2, 1280, 720)
     assert d["t_start_us"] == 14_224_870 and d["reader"] == "RosbagSource"
     assert d["details"]["topic"] == "/event_camera/events" and d["details"]["encoding"] == "evt3"
+    folder = realdata / "rosbags" / "evt3_trigger_1280x720"          # a bag folder's size
+    assert d["bytes"] == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 # -- codecs, hand-checked -----------------------------------------------------------------------

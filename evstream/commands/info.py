@@ -75,6 +75,19 @@ class PeakRate:
         return max(self.peak, self.open_count)
 
 
+def _size(path: str | None) -> int | None:
+    """Bytes of a recording: a file's size, or the files' sizes summed for a folder (a ROS 2
+    bag); None for a camera or a stream."""
+    if not path:
+        return None
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+                   for f in files)
+    return None
+
+
 def describe_source(src, path: str | None, progress: bool = False) -> dict:
     """Read every packet of src and return the info dict (see module doc)."""
     import numpy as np
@@ -114,7 +127,7 @@ def describe_source(src, path: str | None, progress: bool = False) -> dict:
     st = src.stats
     return {
         "file": path,
-        "bytes": os.path.getsize(path) if path and os.path.isfile(path) else None,
+        "bytes": _size(path),
         "reader": type(src).__name__,
         "camera": src.camera,
         "width": int(src.width),

@@ -5,7 +5,7 @@
 # `evstream eval` on the test split. Usage:
 #     DATA=data/seg3 RUNS=runs ITERS=600 PREFIX=abl TEACHER=T.pt sh tools/recipes/seg_ablation.sh [ROW ...]
 # ROW: gt pseudo paired paired_nobmr paired_noaff paired_nodm paired_noclip paired_noa2e paired_detach
-#      paired_detach_fill paired_norkd paired_conf paired_light
+#      paired_detach_fill paired_norkd paired_conf paired_light paired_light01
 #      paired_fill unpaired (default: all of them)
 set -e
 DATA=${DATA:-data/seg3}; RUNS=${RUNS:-runs}; ITERS=${ITERS:-600}; PREFIX=${PREFIX:-abl}
@@ -28,6 +28,7 @@ args_of() {
         paired_norkd) echo "--setting paired --set loss.recon_kd_where=none" ;;
         paired_conf) echo "--setting paired --set loss.recon_kd_min_conf=0.9" ;;
         paired_light) echo "--setting paired --set loss.recon=1 --set loss.consistency=1" ;;
+        paired_light01) echo "--setting paired --set loss.recon=0.1 --set loss.consistency=0.1" ;;
         paired_fill)  echo "--setting paired --set loss.recon_kd_where=clipped" ;;
         unpaired)     echo "--setting unpaired" ;;
         *) echo "unknown row $1" >&2; exit 2 ;;

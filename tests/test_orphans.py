@@ -128,8 +128,8 @@ WATCHDOG_LAUNCHER = textwrap.dedent("""
     def stage(launcher_pid):
         from evstream.stream import lifeline
         how = lifeline.bind_to_launcher(launcher_pid, use_prctl=False)
-        print(how, os.getpid(), flush=True)
-        try:
+        try:    # (the print too: the test kills the launcher as soon as it reads the line)
+            print(how, os.getpid(), flush=True)
             while True:
                 time.sleep(0.01)
         except lifeline.LauncherGone:

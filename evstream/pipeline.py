@@ -114,9 +114,9 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     status = status or (lambda line: print(line, file=sys.stderr, flush=True))
     for pid, names in lifeline.remove_stale():
         status(lifeline.stale_message(pid, names))
-    method = start_method()
-    ctx = mp.get_context(method)
-    if method == "fork":
+    names = stage_names(cfg)
+    methods = {name: start_method(name) for name in names}      # decided before any start
+    if "fork" in methods.values():
         _preload(cfg)
     tmpdir = tempfile.mkdtemp(prefix=f"evstream-{os.getpid()}-")
     try:
@@ -138,14 +138,15 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     state.marks["spawn"] = t_start
     try:
         for name in stage_names(cfg):
-            procs[name] = _start(ctx, name, cfg, endpoints)
+            procs[name] = _start(mp.get_context(methods[name]), name, cfg, endpoints)
         t_start = time.monotonic()
         state.marks["spawned"] = t_start
         if on_started is not None:
             on_started({"pids": {name: p.pid for name, p in procs.items()},
                         "endpoints": dict(endpoints)})
         _supervise(cfg, link, procs, result, status, state,
-                   restart=lambda name: _start(ctx, name, cfg, endpoints))
+                   restart=lambda name: _start(mp.get_context(start_method(name)), name, cfg,
+                                               endpoints))
     except (KeyboardInterrupt, _Terminate):
         result.summary["interrupted"] = True
     finally:
@@ -164,7 +165,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
         shutil.rmtree(tmpdir, ignore_errors=True)
     now = time.monotonic()
     result.summary["startup_s"] = _startup(state, t_enter, now)
-    result.summary["start_method"] = method
+    result.summary["start_method"] = methods
     result.summary["wall_s"] = round(now - t_start, 3)
     # streaming time: from `start` to the end, without process start-up and kernel loading
     end = state.t_done if len(state.done) == len(procs) else now
@@ -175,10 +176,16 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
 START_METHODS = ("fork", "spawn")
 
 
-def start_method() -> str:
-    """How stage processes start: `fork` on Linux when this process has one thread (they begin
-    with what `_preload` loaded here), `spawn` otherwise; EVSTREAM_START_METHOD=spawn|fork
-    chooses (fork from a process with other threads is at the user's risk)."""
+# stages whose libraries keep thread pools of their own (torch's OpenMP and onnxruntime in the
+# worker, OpenCV in the viewer): forked from a process where such a pool already runs, they
+# could wait forever on a pool thread that the fork did not copy
+POOLED_STAGES = ("worker", "viewer")
+
+
+def start_method(stage: str = "source") -> str:
+    """How a stage process starts: `fork` on Linux where `fork_is_safe(stage)` (it begins with
+    what `_preload` loaded here), `spawn` otherwise; EVSTREAM_START_METHOD=spawn|fork chooses
+    for every stage (fork from a process with other threads is then at the user's risk)."""
     m = os.environ.get("EVSTREAM_START_METHOD", "").strip().lower()
     if m:
         if m not in START_METHODS:
@@ -187,20 +194,22 @@ def start_method() -> str:
         return m
     if not sys.platform.startswith("linux"):
         return "spawn"
-    return "fork" if fork_is_safe() else "spawn"
+    return "fork" if fork_is_safe(stage) else "spawn"
 
 
-def fork_is_safe() -> bool:
-    """fork copies one thread: where this process already runs others (a thread pool that
-    OpenCV, Numba's parallel layer or torch started, e.g. `evstream demo` right after it
-    generated its recording), a forked stage could wait forever on a lock one of them held.
-    Safe: no OpenCV loaded, Numba's parallel layer not started, and no thread beyond numpy's
-    OpenBLAS pool (which stops itself around a fork: pthread_atfork)."""
-    if "cv2" in sys.modules:
-        return False
+def fork_is_safe(stage: str = "worker") -> bool:
+    """fork copies one thread. Never once Numba's parallel layer runs (its workers hold the
+    kernels' launch state). For a stage that uses a library with a thread pool of its own
+    (POOLED_STAGES), only where this process runs no thread beyond numpy's OpenBLAS pool
+    (which stops itself around a fork, pthread_atfork): after `evstream demo` generated its
+    recording, OpenCV's pool runs, and a forked viewer waited forever on it. The source, window
+    and sink stages use no such pool (Numba kernels here are single-threaded, numpy's BLAS is
+    fork-aware)."""
     par = sys.modules.get("numba.np.ufunc.parallel")
     if par is not None and getattr(par, "_is_initialized", False):
         return False
+    if stage not in POOLED_STAGES:
+        return True
     try:
         threads = len(os.listdir("/proc/self/task"))
     except OSError:

@@ -412,12 +412,17 @@ def test_an_unknown_start_method_is_one_line(monkeypatch):
 
 def test_fork_only_from_a_process_without_other_thread_pools():
     """`evstream demo` generates its recording (OpenCV's pool starts) and then replays it in the
-    same process: its stages are spawned, not forked from threads they would not have."""
+    same process: its viewer (and a worker) are spawned, not forked from a pool they would wait
+    on; the source, window and sink use no such pool and are still forked."""
     code = ("import sys\n"
             "from evstream.pipeline import fork_is_safe\n"
             "import numpy\n"
-            "a = fork_is_safe()\n"
+            "a = fork_is_safe('viewer')\n"
             "import cv2\n"
-            "print(sys.platform.startswith('linux') and a, fork_is_safe())\n")
+            "img = numpy.zeros((2000, 2000), numpy.float32)\n"
+            "for _ in range(3):\n"
+            "    cv2.GaussianBlur(img, (31, 31), 5)            # OpenCV's pool starts\n"
+            "print(sys.platform.startswith('linux') and a, fork_is_safe('viewer'),\n"
+            "      fork_is_safe('worker'), fork_is_safe('source'), fork_is_safe('window'))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.split() == ["True", "False"], r.stderr
+    assert r.stdout.split() == ["True", "False", "False", "True", "True"], r.stderr

@@ -119,21 +119,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _exit_now(code: int) -> None:
-    """End the `evstream` process once a command that says so (EXIT_AT_ONCE: run, replay) has
-    finished and released everything: the interpreter's teardown after a pipeline (Numba,
-    dv-processing and zmq loaded) took 0.43 s, all of it after the summary was out."""
-    import os
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def _not_built(name: str):
     def main(args) -> int:
         raise NotBuiltError(f"`evstream {name}` is not built yet")
@@ -152,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args._main(args) or 0)
         if argv is None and getattr(args, "_exit_at_once", False):
-            _exit_now(code)
+            # the pipeline released everything: the launcher's interpreter teardown (Numba,
+            # dv-processing and zmq loaded) took 0.43 s, all of it after the summary was out
+            from evstream.stream.lifeline import exit_now
+
+            exit_now(code)
         return code
     except EvstreamError as e:
         print(f"evstream {args.command}: error: {e}", file=sys.stderr)

@@ -172,28 +172,11 @@ def _us(s: float) -> int:
     return int(round(s * 1e6))
 
 
-def _window(pkt: Packet, lo: int | None, hi: int | None) -> Packet:
-    """The part of pkt with lo <= t < hi (None: open)."""
-    def keep(t):
-        m = np.ones(len(t), bool)
-        if lo is not None:
-            m &= t >= lo
-        if hi is not None:
-            m &= t < hi
-        return m
-    ev = pkt.events
-    if len(ev) and (lo is None or int(ev["t"][0]) >= lo) and (hi is None or int(ev["t"][-1]) < hi):
-        events = ev
-    else:
-        events = ev[keep(ev["t"])] if len(ev) else ev
-    frames = [f for f in pkt.frames if keep(np.array([f.t_us]))[0]]
-    return Packet(events, frames, pkt.imu[keep(pkt.imu["t"])],
-                  pkt.triggers[keep(pkt.triggers["t"])])
-
-
 def trimmed(packets, start_s: float | None, end_s: float | None):
     """--start/--end: items with first + start <= t < first + end (first: the first event);
     reading stops at the first event at or after first + end."""
+    from evstream.sources.pacing import trim_packet   # (the replay's own --start/--end cut)
+
     if start_s is None and end_s is None:
         yield from packets
         return
@@ -203,12 +186,12 @@ def trimmed(packets, start_s: float | None, end_s: float | None):
         if first is None:
             if not len(pkt.events):
                 if not start_s:          # before the first event: kept unless cut by --start
-                    yield _window(pkt, None, None)
+                    yield pkt
                 continue
             first = int(pkt.events["t"][0])
             lo = first + _us(start_s) if start_s else None
             hi = first + _us(end_s) if end_s is not None else None
-        cut = _window(pkt, lo, hi)
+        cut = trim_packet(pkt, lo, hi)
         if not cut.is_empty():
             yield cut
         if hi is not None and len(pkt.events) and int(pkt.events["t"][-1]) >= hi:

@@ -72,7 +72,7 @@ def _shift_packet(pkt: Packet, offset_us: int) -> Packet:
     return Packet(events=ev, frames=frames, imu=imu, triggers=trig)
 
 
-def _trim(pkt: Packet, lo: int | None, hi: int | None) -> Packet:
+def trim_packet(pkt: Packet, lo: int | None, hi: int | None) -> Packet:
     """Keep items with lo <= t < hi (None = unbounded)."""
     def keep(t):
         m = np.ones(len(t), dtype=bool)
@@ -273,7 +273,7 @@ class PacedSource(EventSource):
                     continue
                 if hi is not None and span[0] >= hi:
                     return
-                p = _trim(p, lo, hi)
+                p = trim_packet(p, lo, hi)
                 if not p.is_empty():
                     yield first_us, p
 

@@ -165,12 +165,23 @@ def exit_orphan() -> None:
     """End an orphan now: what it held is released (its `finally` blocks ran, the kernel takes
     the rest); the interpreter's own teardown (0.3-0.5 s of module and Numba clean-up on a busy
     machine) is skipped."""
+    exit_now(ORPHAN_EXIT_CODE, log=False)
+
+
+def exit_now(code: int, log: bool = True) -> None:
+    """End this process with `code` once everything it holds is released: logging and the
+    standard streams flushed, the interpreter's teardown skipped (a stage, an orphan, and the
+    `run`/`replay` launcher after its summary)."""
+    if log:
+        import logging
+
+        logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(ORPHAN_EXIT_CODE)
+    os._exit(code)
 
 
 # -- what a killed launcher left ------------------------------------------------------------------

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 
 import zmq
 
@@ -32,8 +31,8 @@ from evstream.errors import EvstreamError
 from evstream.stream.control import AFTER_DONE_NICE, StageLink, StopRequested
 from evstream.stream.curve import stop_authenticators
 from evstream.stream.heap import keep_heap
-from evstream.stream.lifeline import (ORPHAN_EXIT_CODE, LauncherGone, exit_orphan, leaving,
-                                      orphaned)
+from evstream.stream.lifeline import (ORPHAN_EXIT_CODE, LauncherGone, exit_now, exit_orphan,
+                                      leaving, orphaned)
 
 
 @contextlib.contextmanager
@@ -74,10 +73,4 @@ def stage_context(endpoints: dict, stage: str):
     # recordings, the ring and the slots; zmq delivered what it queued): the interpreter's
     # teardown (module and Numba/torch clean-up, 0.1-0.5 s) is skipped, since the launcher
     # waits for every stage to exit before it returns.
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    exit_now(code)

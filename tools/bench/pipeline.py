@@ -337,8 +337,7 @@ def main(argv=None) -> int:
                 whole.append((label, i + 1, load, c, t_ref))
             os.unlink(big)
 
-        print(f"\n## The whole command: `evstream replay FILE --no-model --speed max --lossless`"
-              f"\n")
+        print("\n## The whole command: `evstream replay FILE --no-model --speed max --lossless`\n")
         print("| packet events | run | load avg | command wall s | stream_s | around the stream s "
               "| slowest stage's start-up s: boot / imports / setup | teardown s | dv decode s "
               "| end-to-end ratio |")

@@ -287,6 +287,15 @@ class TimeBase:
         return Packet(ev, frames, side["imu"], side["triggers"])
 
 
+def written(writer, handed: dict[str, int], timebase) -> dict:
+    """What `record` and `convert` both report of a finished writer: counts per stream, the
+    drops (describe_drops), the times written and the shift applied to them."""
+    return {**{k: writer.counts[k] for k in ("events", "frames", "imu", "triggers")},
+            "dropped": describe_drops(writer, handed, timebase.dropped),
+            "t_start_us": writer.t_first_us, "t_end_us": writer.t_last_us,
+            "t_shift_us": timebase.shift_us or 0}
+
+
 def describe_drops(writer, handed: dict[str, int], before: dict[str, int] | None = None) -> dict:
     """{stream: {"n": items given but not in the file, "why": one line}} for every stream with
     a loss: the writer's own reasons where it has them (StreamWriter), else (a writer that

@@ -137,7 +137,7 @@ def run_pipeline(cfg: PipelineConfig, status=None, on_started=None) -> PipelineR
     t_start = time.monotonic()
     state.marks["spawn"] = t_start
     try:
-        for name in stage_names(cfg):
+        for name in names:
             procs[name] = _start(mp.get_context(methods[name]), name, cfg, endpoints)
         t_start = time.monotonic()
         state.marks["spawned"] = t_start

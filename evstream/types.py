@@ -78,6 +78,15 @@ def seconds_to_us(s: float) -> int:
     return int(round(s * 1_000_000))
 
 
+def put_events(dst: np.ndarray, at: int, ev: np.ndarray) -> int:
+    """Copy EVENT_DTYPE events into dst[at:at + len(ev)] as 8-byte words (numpy copies a padded
+    structured dtype field by field: about 30 us for 1,000 events against 1 us, numpy 2.4);
+    the padding bytes come as they are in ev. -> at + len(ev)."""
+    w = EVENT_DTYPE.itemsize // 8
+    dst.view(np.int64)[at * w:(at + len(ev)) * w] = np.ascontiguousarray(ev).view(np.int64)
+    return at + len(ev)
+
+
 def concat_events(batches) -> np.ndarray:
     """Concatenate event arrays into one EVENT_DTYPE array.
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from evstream.errors import EvstreamError
 from evstream.sources.base import EventSource, SourceStats
-from evstream.types import EVENT_DTYPE, Packet
+from evstream.types import EVENT_DTYPE, Packet, put_events
 
 SLICE_US = 1000
 LAG_WINDOW = 10_000
@@ -112,18 +112,15 @@ def _times(pkt: Packet) -> tuple[int, int] | None:
 
 
 def join_packets(parts: list[Packet]) -> Packet:
-    """Consecutive packets -> one (events copied as 8-byte words: numpy copies a padded
-    structured dtype field by field, several times slower)."""
+    """Consecutive packets -> one (events copied with types.put_events)."""
     evs = [p.events for p in parts if len(p.events)]
     if len(evs) == 1:
         ev = evs[0]
     else:
         ev = np.empty(sum(len(e) for e in evs), EVENT_DTYPE)
-        words, i = ev.view(np.int64), 0
-        step = EVENT_DTYPE.itemsize // 8
+        at = 0
         for e in evs:
-            words[i:i + len(e) * step] = np.ascontiguousarray(e).view(np.int64)
-            i += len(e) * step
+            at = put_events(ev, at, e)
     imu = [p.imu for p in parts if len(p.imu)]
     trig = [p.triggers for p in parts if len(p.triggers)]
     return Packet(events=ev, frames=[f for p in parts for f in p.frames],

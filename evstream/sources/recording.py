@@ -35,7 +35,7 @@ from evstream.sources.base import EventSource
 from evstream.sources.dv_shared import dv_message, remember_dv_store
 from evstream.types import IMU_DTYPE, TRIGGER_DTYPE, EVENT_DTYPE, Frame, Packet
 
-_EMPTY_IMU = np.zeros(0, IMU_DTYPE)             # shared by every events-only packet
+_EMPTY_IMU = np.zeros(0, IMU_DTYPE)             # shared by every packet of _events_only
 _EMPTY_TRIGGERS = np.zeros(0, TRIGGER_DTYPE)
 _EMPTY_IMU.flags.writeable = _EMPTY_TRIGGERS.flags.writeable = False
 
@@ -167,14 +167,10 @@ class Aedat4Source(EventSource):
             self._rewind()
             self._last_t = np.iinfo(np.int64).min
         remember = remember_dv_store if self.share_dv_stores and self.filters is None else None
-        if not (self._has["frames"] or self._has["imu"] or self._has["triggers"]):
-            # events only (most files): nothing to interleave, so the least work per packet
-            # (a DAVIS file holds a few hundred events a packet: this loop is per-packet cost)
-            if self.filters is not None or not self._has["events"]:
-                for store in self._dv_batches():
-                    if len(store):
-                        yield Packet(self.dv_events(store), [], _EMPTY_IMU, _EMPTY_TRIGGERS)
-                return
+        if self.filters is None and self._has["events"] and not (
+                self._has["frames"] or self._has["imu"] or self._has["triggers"]):
+            # events only, unfiltered (most files): nothing to interleave, so the least work
+            # per packet (a DAVIS file holds a few hundred events a packet)
             yield from self._events_only(remember)
             return
         side = _SideStreams(self, frame_from_dv, imu_from_dv, triggers_from_dv)
@@ -199,7 +195,6 @@ class Aedat4Source(EventSource):
             self._checker.wait_all()
         order = [] if order is None else order.tolist()
         wait, get = self._checker.wait, self._rec.getNextEventBatch
-        no_imu, no_triggers = _EMPTY_IMU, _EMPTY_TRIGGERS
         count = self._count
         k = count["events"]
         while True:
@@ -219,7 +214,7 @@ class Aedat4Source(EventSource):
                 events = store.numpy().view(EVENT_DTYPE)
                 if remember is not None:
                     remember(events, store)
-                yield Packet(events, [], no_imu, no_triggers)
+                yield Packet(events, [], _EMPTY_IMU, _EMPTY_TRIGGERS)
 
     def warm_up(self) -> None:
         """Decode the first WARM_UP_PACKETS event packets (each at most WARM_UP_BYTES in the

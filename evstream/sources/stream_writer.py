@@ -40,6 +40,19 @@ STREAMS = ("events", "frames", "imu", "triggers")
 NAMES = {"events": "events", "frames": "frames", "imu": "IMU samples", "triggers": "triggers"}
 
 
+
+def check_output_file(path: str, width: int, height: int) -> str:
+    """The checks every recording writer makes before creating `path` (one line each): a
+    resolution, an existing folder, not a directory. -> the folder."""
+    if int(width) <= 0 or int(height) <= 0:
+        raise EvstreamError(f"{path}: bad resolution {width}x{height}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise EvstreamError(f"{path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise EvstreamError(f"{path}: is a directory")
+    return folder
+
 class StreamWriter:
     format_name = "?"                      # in messages: "EVT 3.0", "DAT", ...
     suffixes: tuple[str, ...] = ()         # the names this format is written under
@@ -55,13 +68,7 @@ class StreamWriter:
         if self.suffixes and not self.path.lower().endswith(self.suffixes):
             raise EvstreamError(f"{self.path}: a {self.format_name} file must end in "
                                 f"{' or '.join(self.suffixes)}")
-        if int(width) <= 0 or int(height) <= 0:
-            raise EvstreamError(f"{self.path}: bad resolution {width}x{height}")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise EvstreamError(f"{self.path}: folder {folder} does not exist")
-        if os.path.isdir(self.path):
-            raise EvstreamError(f"{self.path}: is a directory")
+        check_output_file(self.path, width, height)
         self.width, self.height, self.camera = int(width), int(height), camera
         self.frame_size = tuple(frame_size) if frame_size else (self.width, self.height)
         self.has = {"frames": frames, "imu": imu, "triggers": triggers}

@@ -84,6 +84,7 @@ import numpy as np
 from evstream.errors import EvstreamError
 from evstream.outpaths import free_bytes
 from evstream.sources.dv_shared import dv_message, dv_store_of
+from evstream.sources.stream_writer import check_output_file
 from evstream.types import EVENT_DTYPE, Frame, Packet
 
 ROOM_BYTES = 16 << 20           # free space a recording leaves: dv aborts on a failed write
@@ -232,13 +233,7 @@ class Aedat4Writer:
         self.path = os.fspath(path)
         if not self.path.lower().endswith(".aedat4"):
             raise EvstreamError(f"{self.path}: an AEDAT 4.0 recording must end in .aedat4")
-        if width <= 0 or height <= 0:
-            raise EvstreamError(f"{self.path}: bad resolution {width}x{height}")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise EvstreamError(f"{self.path}: folder {folder} does not exist")
-        if os.path.isdir(self.path):
-            raise EvstreamError(f"{self.path}: is a directory")
+        folder = check_output_file(self.path, width, height)
         self.atomic = bool(atomic)
         self.tmp_path: str | None = None
         if self.atomic:

@@ -23,6 +23,7 @@ from evstream.config import PipelineConfig, SourceConfig
 from evstream.stream import sockets
 from evstream.stream.stage import stage_context
 from evstream.stream.telemetry import StageTelemetry
+from evstream.types import put_events
 
 
 def open_configured_source(cfg: SourceConfig):
@@ -130,9 +131,6 @@ class _Batcher:
 
         self.put, self.small = put, small
         self.buf = np.empty(capacity, EVENT_DTYPE)
-        # copied as plain 8-byte words: numpy copies a padded structured dtype field by
-        # field, about 30 us for 1,000 events against 1 us this way (numpy 2.4)
-        self.words = self.buf.view(np.int64)
         self.n = 0
 
     def add(self, ev) -> None:
@@ -145,9 +143,7 @@ class _Batcher:
             return
         if self.n + m > len(self.buf):
             self.flush()
-        w = self.buf.itemsize // 8
-        self.words[self.n * w:(self.n + m) * w] = np.ascontiguousarray(ev).view(np.int64)
-        self.n += m
+        self.n = put_events(self.buf, self.n, ev)
 
     def flush(self) -> None:
         if self.n:

@@ -68,6 +68,16 @@ class PayloadError(Exception):
         self.offset = int(offset)
 
 
+def _view(payload: np.ndarray, dtype, what: str) -> np.ndarray:
+    """The payload's bytes as whole items of dtype; a payload with a part item left over is a
+    PayloadError at the byte where that part starts."""
+    size = np.dtype(dtype).itemsize
+    if len(payload) % size:
+        raise PayloadError(f"{len(payload)} bytes is not a whole number of {what}",
+                           len(payload) - len(payload) % size)
+    return payload.view(dtype)
+
+
 def _empty_triggers():
     return np.zeros(0, TRIGGER_DTYPE)
 
@@ -84,10 +94,7 @@ class Evt3Decoder:
 
     def decode(self, payload: np.ndarray, time_base: int, max_events: int
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if len(payload) % 2:
-            raise PayloadError(f"{len(payload)} bytes is not a whole number of 16-bit words",
-                               len(payload) - 1)
-        words = payload.view("<u2")
+        words = _view(payload, "<u2", "16-bit words")
         cap = max(int(max_events), 2 * codec.MAX_VECTOR_EVENTS) + codec.MAX_VECTOR_EVENTS
         i, n = 0, len(words)
         while i < n:
@@ -115,10 +122,7 @@ class LibcaerDecoder:
     encoding = "libcaer"
 
     def decode(self, payload, time_base, max_events):
-        if len(payload) % 8:
-            raise PayloadError(f"{len(payload)} bytes is not a whole number of 8-byte events",
-                               len(payload) - len(payload) % 8)
-        rec = payload.view(np.dtype([("data", "<u4"), ("ts", "<i4")]))
+        rec = _view(payload, np.dtype([("data", "<u4"), ("ts", "<i4")]), "8-byte events")
         prev = None
         rolls = 0
         step = max(int(max_events), 1)
@@ -145,10 +149,7 @@ class MonoDecoder:
     encoding = "mono"
 
     def decode(self, payload, time_base, max_events):
-        if len(payload) % 8:
-            raise PayloadError(f"{len(payload)} bytes is not a whole number of 8-byte events",
-                               len(payload) - len(payload) % 8)
-        w = payload.view("<u8")
+        w = _view(payload, "<u8", "8-byte events")
         step = max(int(max_events), 1)
         for a in range(0, len(w), step):
             c = w[a:a + step]
@@ -230,10 +231,7 @@ class LibcaerCmpDecoder:
         self.state = np.zeros(5, np.int64)
 
     def decode(self, payload, time_base, max_events):
-        if len(payload) % 2:
-            raise PayloadError(f"{len(payload)} bytes is not a whole number of 16-bit words",
-                               len(payload) - 1)
-        words = payload.view("<u2")
+        words = _view(payload, "<u2", "16-bit words")
         self.state[_CMP_HIGH] = self.state[_CMP_LOW] = 0
         cap = max(int(max_events), 8) + 8
         i, n = 0, len(words)
